@@ -1,0 +1,111 @@
+"""Safe persistence: atomic writes, JSON with dataclasses, tensors as safetensors.
+
+Results are saved as a directory (or file pair) of ``*.json`` metadata plus ``*.safetensors``
+tensors -- never pickle. Every write goes to a temporary file in the same directory and is
+renamed into place, so an interrupted run never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_path",
+    "write_json",
+    "read_json",
+    "save_tensors",
+    "load_tensors",
+    "sha256_file",
+    "to_jsonable",
+]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert dataclasses, numpy and torch scalars, paths and tuples to JSON-able values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Atomically write ``data`` (dataclasses allowed) as indented JSON."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, with an error naming the file if it is corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        from .errors import ArtifactMismatchError
+
+        raise ArtifactMismatchError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write tensors (made contiguous, on CPU) to a safetensors file."""
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file onto the CPU."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,83 @@
+"""A tiny randomly initialised model for tests: no download, milliseconds per forward.
+
+Same architecture as the embedded default (Gemma 3: pre- and post-norms around attention and
+MLP, gated MLP, grouped-query attention, sliding and full attention layers) so tests exercise
+the real code path, with a byte-level BPE tokenizer trained in a fraction of a second on a
+fixed built-in text (any string tokenizes; BOS is prepended by :meth:`LensModel.encode`).
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+
+import torch
+
+__all__ = ["tiny_model", "tiny_tokenizer"]
+
+_CORPUS = """
+The Eiffel Tower is located in the city of Paris. The Colosseum is located in the city of Rome.
+Big Ben is located in the city of London. The Brandenburg Gate is in Berlin. Tokyo is a city in Japan.
+Lionel Messi plays the sport of soccer. Michael Jordan plays basketball. Roger Federer plays tennis.
+The official language of Mexico is Spanish. The official language of Brazil is Portuguese.
+The iPhone is made by Apple. The Corolla is made by Toyota. Windows is developed by Microsoft.
+Sushi is a dish from Japan. Pizza is a dish from Italy. Tacos come from Mexico.
+France, Germany, Italy and Spain use the euro. Japan uses the yen. The United States uses the dollar.
+A dolphin is a mammal. An eagle is a bird. A shark is a fish. A snake is a reptile.
+Jimi Hendrix played the guitar. Miles Davis played the trumpet. Chopin played the piano.
+Egypt is a country in Africa. Canada is a country in North America. India is a country in Asia.
+""" * 4
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer(vocab_size: int = 512):
+    """A deterministic byte-level BPE ``PreTrainedTokenizerFast`` with <pad>, <bos>, <eos>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<bos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    # TransformerLens re-loads tokenizers from ``name_or_path``: give it a directory to load from.
+    path = tempfile.mkdtemp(prefix="lens_memory_tiny_tok_")
+    tok.save_pretrained(path)
+    return PreTrainedTokenizerFast.from_pretrained(path)
+
+
+def tiny_model(seed: int = 0, *, n_layers: int = 4, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
+               d_mlp: int = 128, sliding_window: int = 4, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """A randomly initialised Gemma-3-architecture :class:`~lens_memory.models.LensModel`.
+
+    Layers alternate sliding-window (window ``sliding_window``, deliberately short so tests
+    cover the sliding mask) and full attention. Weights are drawn with std 0.2 (larger than
+    HF's 0.02 default) so activations and predictions are far from uniform.
+    """
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from .models import wrap_hf_model
+
+    tok = tiny_tokenizer()
+    layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=d_model // n_heads,
+        sliding_window=sliding_window, layer_types=layer_types, max_position_embeddings=256,
+        query_pre_attn_scalar=d_model // n_heads, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, architectures=["Gemma3ForCausalLM"], initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        hf = Gemma3ForCausalLM(cfg).to(dtype=dtype, device=device)
+        with torch.no_grad():  # non-trivial norm weights so post-norms matter in tests
+            for name, p in hf.named_parameters():
+                if "norm" in name:
+                    p.normal_(0.0, 0.3)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return wrap_hf_model(hf, tok, name="tiny", source=f"random init (seed {seed})", revision=f"seed{seed}")

@@ -1,0 +1,159 @@
+"""Fast causal-tracing engine: the reference engine's scores at a fraction of the cost.
+
+Three exact savings, each valid because the model is causal and deterministic:
+
+1. **Reuse the corrupted run.** One clean and one corrupted pass record every layer's residual
+   stream, MLP and attention outputs and attention keys/values. Restoring a cell whose first
+   patched layer is ``s`` starts from the corrupted residual at ``s``: layers below ``s`` are
+   never recomputed.
+2. **Recompute only positions from the restored token on.** Positions before token ``t`` cannot
+   see it, so their keys and values are the corrupted run's; they are passed as a per-layer
+   prefix and only positions ``t..T-1`` are run.
+3. **Logits at the last position only**, and only once per cell -- on Gemma's 262k vocabulary
+   the unembedding is the most expensive part of a full pass.
+
+Cells are batched: for one (kind, token) all layers' cells run together, each joining the batch
+at the layer where its restoration starts. Restored tokens before the first subject token are
+identical in the clean and corrupted runs, so their score is the corrupted score without a pass.
+Patching happens through the same TransformerLens hook points as the reference engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+from .config import TraceConfig, window_layers
+from .corrupt import PreparedFact
+
+__all__ = ["fast_scores"]
+
+_OUT_HOOK = {"mlp": "blocks.{}.hook_mlp_out", "attn": "blocks.{}.hook_attn_out"}
+_SEVER = {"hidden_sever_mlp": "mlp", "hidden_sever_attn": "attn"}
+
+
+@dataclass
+class _Run:
+    resid: list[torch.Tensor]  # resid[j] = input of block j; resid[L] = final residual   [batch pos d_model]
+    outs: dict[str, list[torch.Tensor]]  # "mlp"/"attn" -> per layer [batch pos d_model]
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _record(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: set[str]) -> _Run:
+    st = lm.stack
+    h = st.embed(ids)
+    if prep is not None:
+        s0, s1 = prep.subject_range
+        h = h.clone()
+        h[:, s0:s1] += prep.noise
+    outs: dict[str, list] = {k: [None] * lm.n_layers for k in outs_needed}
+    hooks = []
+    for k in outs_needed:
+        for j in range(lm.n_layers):
+            def cap(x, hook, k=k, j=j):
+                outs[k][j] = x.detach().clone()
+            hooks.append((_OUT_HOOK[k].format(j), cap))
+    resid, kv = [], {}
+    with lm.bridge.hooks(fwd_hooks=hooks):
+        for j in range(lm.n_layers):
+            resid.append(h)
+            h = st.layer(j, h, record=kv)
+    resid.append(h)
+    return _Run(resid, outs, kv)
+
+
+def _start(kind: str, layer: int, cfg: TraceConfig, L: int) -> int:
+    return layer + 1 if kind.startswith("hidden") else window_layers(kind, layer, cfg.window, L)[0]
+
+
+@torch.no_grad()
+def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str, ...]
+                ) -> tuple[dict[str, Float[torch.Tensor, "layer pos"]], float, float]:
+    """Scores per kind (``[layer, pos]``), the clean (high) and the corrupted (low) score."""
+    st = lm.stack
+    n, T, L = cfg.n_samples, prep.n_tokens, lm.n_layers
+    s0, _ = prep.subject_range
+    a = prep.answer_id
+    ids = prep.ids[None].to(lm.device)
+    needed = {k if k in _OUT_HOOK else _SEVER[k] for k in kinds if k != "hidden"}
+    clean = _record(lm, ids, None, needed)
+    corr = _record(lm, ids.expand(n, T), prep, needed)
+    high = float(st.logits(clean.resid[L][:, -1]).softmax(-1)[0, a])
+    low = float(st.logits(corr.resid[L][:, -1]).softmax(-1)[:, a].mean())
+
+    out: dict[str, torch.Tensor] = {}
+    for kind in kinds:
+        scores = torch.full((L, T), low)
+        for t in range(s0, T):
+            scores[:, t] = _token_cells(lm, kind, t, clean, corr, cfg, a)
+        out[kind] = scores
+    return out, high, low
+
+
+def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: TraceConfig, answer: int
+                 ) -> Float[torch.Tensor, "layer"]:
+    """Scores of every layer's cell restoring token ``t`` for ``kind``, in one layer-batched pass."""
+    st = lm.stack
+    n, L = cfg.n_samples, lm.n_layers
+    starts = {layer: _start(kind, layer, cfg, L) for layer in range(L)}
+    restored = kind in _OUT_HOOK
+    sever = _SEVER.get(kind)
+    active: list[int] = []
+    h = None
+
+    def join(new: list[int], j: int):
+        x = corr.resid[j][:, t:].repeat(len(new), 1, 1)
+        if kind.startswith("hidden"):
+            for ci, layer in enumerate(new):
+                x[ci * n:(ci + 1) * n, 0] = clean.resid[layer + 1][0, t]
+        return x
+
+    for j in range(min(starts.values()), L):
+        new = [layer for layer in range(L) if starts[layer] == j]
+        if new:
+            x = join(new, j)
+            h = x if h is None else torch.cat([h, x])
+            active += new
+        hooks = []
+        if restored:
+            rows = [ci for ci, layer in enumerate(active) if j in window_layers(kind, layer, cfg.window, L)]
+            if rows:
+                idx = (torch.tensor(rows)[:, None] * n + torch.arange(n)[None]).flatten()
+                value = clean.outs[kind][j][0, t]
+
+                def patch(x, hook, idx=idx, value=value):
+                    x = x.clone()
+                    x[idx, 0] = value
+                    return x
+
+                hooks.append((_OUT_HOOK[kind].format(j), patch))
+        if sever is not None:
+            frozen = corr.outs[sever][j][:, t].repeat(len(active), 1)
+
+            def freeze(x, hook, frozen=frozen):
+                x = x.clone()
+                x[:, 0] = frozen
+                return x
+
+            hooks.append((_OUT_HOOK[sever].format(j), freeze))
+        prefix = None
+        if t > 0:
+            k, v = corr.kv[j]
+            prefix = {j: (k[:, :, :t].repeat(len(active), 1, 1, 1), v[:, :, :t].repeat(len(active), 1, 1, 1))}
+        if hooks:
+            with lm.bridge.hooks(fwd_hooks=hooks):
+                h = st.layer(j, h, pos0=t, prefix=prefix)
+        else:
+            h = st.layer(j, h, pos0=t, prefix=prefix)
+    late = [layer for layer in range(L) if starts[layer] == L]
+    if late:
+        x = join(late, L)
+        h = x if h is None else torch.cat([h, x])
+        active += late
+    probs = st.logits(h[:, -1]).softmax(-1)[:, answer].view(len(active), n).mean(1)
+    scores = torch.empty(L)
+    scores[torch.tensor(active)] = probs.to(scores.dtype)
+    return scores
