@@ -1,0 +1,43 @@
+"""lens_memory: where and how language models keep memory.
+
+Four ways of changing what a model "remembers", compared on the same facts:
+weights (causal tracing, ROME/MEMIT), activations (steering vectors, SAE features),
+the key-value cache (Memory3-style memories) and the context (RAG).
+
+The public API is flat and imported lazily, so ``import lens_memory`` is cheap and has no side
+effects::
+
+    import lens_memory as lm
+    model = lm.load_model("gemma-3-270m")
+    result = lm.trace_facts(model, lm.builtin_facts()[:10])
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "models", "LensModel": "models", "ModelIdentity": "models", "available_models": "models",
+    "Fact": "facts", "builtin_facts": "facts", "load_facts": "facts", "load_known_facts": "facts",
+    "load_counterfact": "facts", "check_knowledge": "facts", "KnowledgeResult": "facts",
+    "TraceConfig": "trace", "TraceResult": "trace", "FactTrace": "trace", "trace_fact": "trace", "trace_facts": "trace",
+    "DecoderStack": "stack",
+    "LensMemoryError": "errors", "ModelUnavailableError": "errors", "FactFormatError": "errors",
+    "SubjectNotFoundError": "errors", "LayerOutOfRangeError": "errors", "NoKnownFactsError": "errors",
+    "InputTooLongError": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'lens_memory' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -235,7 +235,9 @@ def _boot_bridge(hf: torch.nn.Module, tokenizer: Any, name: str) -> Any:
 
     if not getattr(hf.config, "architectures", None):
         hf.config.architectures = [type(hf).__name__]
-    return tlb.TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tokenizer, dtype=next(hf.parameters()).dtype)
+    label = getattr(hf.config, "_name_or_path", "") or name  # a path, so TL looks up no model-name alias
+    return tlb.TransformerBridge.boot_transformers(label, hf_model=hf, tokenizer=tokenizer,
+                                                   dtype=next(hf.parameters()).dtype)
 
 
 def _identity_from_hf(hf: torch.nn.Module, *, name: str, source: str, revision: str, weight_hash: str,

@@ -65,6 +65,15 @@ def _record(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: 
     return _Run(resid, outs, kv)
 
 
+def _answer_prob(st: Any, resid: torch.Tensor, answer: int, chunk: int = 512) -> torch.Tensor:
+    """``softmax(logits)[answer]`` per row, as ``exp(z_a - logsumexp(z))`` in row chunks (no softmax copy)."""
+    out = []
+    for i in range(0, resid.shape[0], chunk):
+        z = st.logits(resid[i:i + chunk])
+        out.append(torch.exp(z[:, answer] - torch.logsumexp(z, dim=-1)))
+    return torch.cat(out)
+
+
 def _start(kind: str, layer: int, cfg: TraceConfig, L: int) -> int:
     return layer + 1 if kind.startswith("hidden") else window_layers(kind, layer, cfg.window, L)[0]
 
@@ -81,21 +90,39 @@ def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str,
     needed = {k if k in _OUT_HOOK else _SEVER[k] for k in kinds if k != "hidden"}
     clean = _record(lm, ids, None, needed)
     corr = _record(lm, ids.expand(n, T), prep, needed)
-    high = float(st.logits(clean.resid[L][:, -1]).softmax(-1)[0, a])
-    low = float(st.logits(corr.resid[L][:, -1]).softmax(-1)[:, a].mean())
+    high = float(_answer_prob(st, clean.resid[L][:, -1], a)[0])
+    low = float(_answer_prob(st, corr.resid[L][:, -1], a).mean())
 
-    out: dict[str, torch.Tensor] = {}
-    for kind in kinds:
-        scores = torch.full((L, T), low)
-        for t in range(s0, T):
-            scores[:, t] = _token_cells(lm, kind, t, clean, corr, cfg, a)
-        out[kind] = scores
+    patches: dict[str, Any] = {}  # hook name -> patch for the layer being run (set per layer below)
+
+    def dispatcher(name: str):  # keyed by the name we registered: TL may report an aliased hook.name
+        def dispatch(x, hook):
+            fn = patches.get(name)
+            return x if fn is None else fn(x)
+        return dispatch
+
+    names = [_OUT_HOOK[k].format(j) for k in needed for j in range(L)]
+    finals, where = [], []
+    with lm.bridge.hooks(fwd_hooks=[(name, dispatcher(name)) for name in names]):
+        for kind in kinds:
+            for t in range(s0, T):
+                rows, layers = _token_cells(lm, kind, t, clean, corr, cfg, patches)
+                finals.append(rows)
+                where.append((kind, t, layers))
+    probs = _answer_prob(st, torch.cat(finals), a) if finals else torch.empty(0)
+    out = {kind: torch.full((L, T), low) for kind in kinds}
+    i = 0
+    for kind, t, layers in where:
+        k = len(layers) * n
+        out[kind][torch.tensor(layers), t] = probs[i:i + k].view(len(layers), n).mean(1).to(torch.float32)
+        i += k
     return out, high, low
 
 
-def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: TraceConfig, answer: int
-                 ) -> Float[torch.Tensor, "layer"]:
-    """Scores of every layer's cell restoring token ``t`` for ``kind``, in one layer-batched pass."""
+def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: TraceConfig, patches: dict
+                 ) -> tuple[Float[torch.Tensor, "batch d_model"], list[int]]:
+    """Final last-position residuals of every layer's cell restoring token ``t`` for ``kind``, in one
+    layer-batched pass. Rows are cell-major (``cell * n_samples + sample``); returns (rows, cell layers)."""
     st = lm.stack
     n, L = cfg.n_samples, lm.n_layers
     starts = {layer: _start(kind, layer, cfg, L) for layer in range(L)}
@@ -117,43 +144,37 @@ def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: Trace
             x = join(new, j)
             h = x if h is None else torch.cat([h, x])
             active += new
-        hooks = []
+        patches.clear()
         if restored:
             rows = [ci for ci, layer in enumerate(active) if j in window_layers(kind, layer, cfg.window, L)]
             if rows:
                 idx = (torch.tensor(rows)[:, None] * n + torch.arange(n)[None]).flatten()
                 value = clean.outs[kind][j][0, t]
 
-                def patch(x, hook, idx=idx, value=value):
+                def patch(x, idx=idx, value=value):
                     x = x.clone()
                     x[idx, 0] = value
                     return x
 
-                hooks.append((_OUT_HOOK[kind].format(j), patch))
+                patches[_OUT_HOOK[kind].format(j)] = patch
         if sever is not None:
             frozen = corr.outs[sever][j][:, t].repeat(len(active), 1)
 
-            def freeze(x, hook, frozen=frozen):
+            def freeze(x, frozen=frozen):
                 x = x.clone()
                 x[:, 0] = frozen
                 return x
 
-            hooks.append((_OUT_HOOK[sever].format(j), freeze))
+            patches[_OUT_HOOK[sever].format(j)] = freeze
         prefix = None
         if t > 0:
             k, v = corr.kv[j]
             prefix = {j: (k[:, :, :t].repeat(len(active), 1, 1, 1), v[:, :, :t].repeat(len(active), 1, 1, 1))}
-        if hooks:
-            with lm.bridge.hooks(fwd_hooks=hooks):
-                h = st.layer(j, h, pos0=t, prefix=prefix)
-        else:
-            h = st.layer(j, h, pos0=t, prefix=prefix)
+        h = st.layer(j, h, pos0=t, prefix=prefix)
+    patches.clear()
     late = [layer for layer in range(L) if starts[layer] == L]
     if late:
         x = join(late, L)
         h = x if h is None else torch.cat([h, x])
         active += late
-    probs = st.logits(h[:, -1]).softmax(-1)[:, answer].view(len(active), n).mean(1)
-    scores = torch.empty(L)
-    scores[torch.tensor(active)] = probs.to(scores.dtype)
-    return scores
+    return h[:, -1], active

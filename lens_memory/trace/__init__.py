@@ -1,0 +1,135 @@
+"""Causal tracing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", NeurIPS).
+
+Where does a model keep a fact? Run the prompt three times:
+
+* **clean** -- the model predicts the answer with probability ``high``;
+* **corrupted** -- Gaussian noise on the subject tokens' input embeddings drops it to ``low``;
+* **corrupted-with-restoration** -- as corrupted, but one activation (a hidden state, or the MLP
+  or attention outputs of a window of layers, at one token) is set back to its clean value.
+
+The probability recovered by a restoration is that activation's *indirect effect*; averaged
+over facts (AIE) it shows that mid-layer MLPs at the last subject token carry factual recall,
+which is where ROME and MEMIT then edit (:meth:`TraceResult.suggest_layers`).
+
+Entry points: :func:`trace_fact` (one fact) and :func:`trace_facts` (a fact set: knowledge
+filter, noise scale, per-fact checkpoints, :class:`TraceResult`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import NoKnownFactsError
+from ..facts import Fact, check_knowledge
+from ..io import load_tensors, read_json, save_tensors, write_json
+from .config import KINDS, SEVERED_KINDS, TraceConfig, restore_hooks, window_layers
+from .corrupt import PreparedFact, noise_scale, prepare_fact
+from .result import AIE, CATEGORIES, FactTrace, LayerSuggestion, TraceResult, token_categories
+
+__all__ = [
+    "TraceConfig", "TraceResult", "FactTrace", "AIE", "LayerSuggestion", "KINDS", "SEVERED_KINDS", "CATEGORIES",
+    "trace_fact", "trace_facts", "prepare_fact", "noise_scale", "token_categories", "restore_hooks", "window_layers",
+    "PreparedFact",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _engine(lm: Any, cfg: TraceConfig):
+    if cfg.engine == "reference":
+        from .reference import reference_scores
+
+        return reference_scores
+    from ..stack import UnsupportedArchitectureError
+    from .fast import fast_scores
+
+    try:
+        lm.stack
+    except UnsupportedArchitectureError as exc:
+        log.warning("%s; falling back to the reference engine", exc)
+        from .reference import reference_scores
+
+        return reference_scores
+    return fast_scores
+
+
+def trace_fact(lm: Any, fact: Fact, cfg: TraceConfig | None = None, scale: float | None = None) -> FactTrace:
+    """Trace one fact. ``scale`` is the noise scale (default: from ``cfg``, measured on this fact alone)."""
+    cfg = cfg or TraceConfig()
+    if scale is None:
+        scale = noise_scale(lm, [fact], cfg)
+    prep = prepare_fact(lm, fact, cfg, scale)
+    t0 = time.perf_counter()
+    scores, high, low = _engine(lm, cfg)(lm, prep, cfg, cfg.kinds)
+    return FactTrace(fact=fact, tokens=[lm.decode(int(i)) for i in prep.ids], subject_range=prep.subject_range,
+                     answer=lm.decode(prep.answer_id), answer_id=prep.answer_id, high=high, low=low,
+                     scores=scores, seconds=time.perf_counter() - t0)
+
+
+def _checkpoint_key(lm: Any, cfg: TraceConfig, scale: float) -> str:
+    blob = json.dumps({"model": lm.identity.to_dict(), "cfg": cfg.to_dict(), "scale": round(scale, 6)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, *, only_known: bool = True,
+                checkpoint_dir: str | Path | None = None, progress: bool = True, source: str = "") -> TraceResult:
+    """Trace a fact set.
+
+    Facts the model does not know (top-1 is not the target) are skipped when ``only_known``;
+    if it knows none, :class:`NoKnownFactsError` is raised. The noise scale is measured over the
+    traced facts. With ``checkpoint_dir`` each finished fact is saved atomically and reused by a
+    re-run with the same model, config and noise scale, so an interrupted run loses nothing.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or TraceConfig()
+    facts = list(facts)
+    for f in facts:  # fail fast on bad input, before any long computation
+        lm.subject_range(f.prompt, f.subject)
+        lm.continuation_ids(f.target_true)
+    knowledge = check_knowledge(lm, facts) if only_known else None
+    traced = knowledge.known_facts() if knowledge else facts
+    if not traced:
+        raise NoKnownFactsError(
+            f"{lm.name} knows none of the {len(facts)} facts (top-1 prediction never equals the target); nothing to trace"
+        )
+    scale = noise_scale(lm, traced, cfg)
+    ckpt = None
+    if checkpoint_dir is not None:
+        ckpt = Path(checkpoint_dir) / _checkpoint_key(lm, cfg, scale)
+        ckpt.mkdir(parents=True, exist_ok=True)
+    traces = []
+    for i, fact in enumerate(tqdm(traced, desc="causal tracing", unit="fact", disable=not progress)):
+        stem = ckpt / f"fact{i:05d}" if ckpt else None
+        if stem is not None and stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists():
+            meta = read_json(stem.with_suffix(".json"))
+            if meta["fact"] == fact.to_dict():
+                traces.append(FactTrace.from_meta(meta, load_tensors(stem.with_suffix(".safetensors")), ""))
+                continue
+        tr = trace_fact(lm, fact, cfg, scale)
+        if stem is not None:
+            save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})
+            write_json(stem.with_suffix(".json"), tr.meta())
+        traces.append(tr)
+    from .. import __version__
+
+    provenance = {
+        "model": lm.identity.to_dict(),
+        "config": cfg.to_dict(),
+        "noise_scale": scale,
+        "seed": cfg.seed,
+        "hooks": {"noise": "hook_embed", **{k: restore_hooks(k) for k in cfg.kinds}},
+        "layers": list(range(lm.n_layers)),
+        "facts_source": source,
+        "lens_memory": __version__,
+        "method": "causal tracing (Meng et al. 2022)",
+    }
+    extra = {"knowledge": {"top1": knowledge.top1, "target_prob": knowledge.target_prob, "known": knowledge.known,
+                           "case_ids": [f.case_id for f in facts]}} if knowledge else {}
+    return TraceResult(provenance=provenance, traces=traces, n_facts=len(facts),
+                       n_known=knowledge.n_known if knowledge else len(facts), extra=extra)
