@@ -267,9 +267,9 @@ def wrap_hf_model(hf: torch.nn.Module, tokenizer: Any, *, name: str, source: str
         hf.config._attn_implementation = "eager"
     for p in hf.parameters():
         p.requires_grad_(False)
+    bridge = _boot_bridge(hf, tokenizer, name)  # wraps hf's modules in place; hash afterwards
     identity = _identity_from_hf(hf, name=name, source=source, revision=revision,
                                  weight_hash=weight_hash or state_dict_sha256(hf), quantization=quantization)
-    bridge = _boot_bridge(hf, tokenizer, name)
     return LensModel(bridge, hf, tokenizer, identity)
 
 

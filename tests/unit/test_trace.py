@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from lens_memory.errors import NoKnownFactsError
+from lens_memory.facts import Fact
+from lens_memory.trace import TraceConfig, TraceResult, prepare_fact, trace_fact, trace_facts
+from lens_memory.trace.fast import fast_scores
+from lens_memory.trace.reference import reference_scores, restored_score
+
+FACT = Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="Paris", case_id=0)
+ALL = ("hidden", "mlp", "attn", "hidden_sever_mlp", "hidden_sever_attn")
+
+
+@pytest.fixture(scope="module")
+def prep(tiny):
+    return prepare_fact(tiny, FACT, TraceConfig(n_samples=3, noise=1.0), 1.0)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_fast_equals_reference_cell_by_cell(tiny, prep, window):
+    cfg = TraceConfig(kinds=ALL, n_samples=3, noise=1.0, window=window)
+    fs, fh, fl = fast_scores(tiny, prep, cfg, ALL)
+    rs, rh, rl = reference_scores(tiny, prep, cfg, ALL)
+    assert abs(fh - rh) < 1e-6 and abs(fl - rl) < 1e-6
+    for k in ALL:
+        assert fs[k].shape == (tiny.n_layers, prep.n_tokens)
+        assert torch.allclose(fs[k], rs[k], atol=1e-6), k
+        assert not torch.allclose(fs[k], torch.full_like(fs[k], fl)), f"{k}: no cell had any effect"
+
+
+def test_restoring_everything_recovers_clean_and_nothing_gives_corrupted(tiny, prep):
+    low, high = restored_score(tiny, prep)
+    everything = [(f"blocks.{l}.hook_resid_post", t) for l in range(tiny.n_layers) for t in range(prep.n_tokens)]
+    assert restored_score(tiny, prep, everything)[0] == pytest.approx(high, abs=1e-7)
+    assert low != pytest.approx(high, abs=1e-6)
+
+
+def test_non_subject_token_at_embedding_changes_nothing(tiny, prep):
+    low, _ = restored_score(tiny, prep)
+    s0, s1 = prep.subject_range
+    for t in [i for i in range(prep.n_tokens) if not s0 <= i < s1]:
+        assert restored_score(tiny, prep, [("blocks.0.hook_resid_pre", t)])[0] == pytest.approx(low, abs=1e-7)
+    assert restored_score(tiny, prep, [("blocks.0.hook_resid_pre", s0)])[0] != pytest.approx(low, abs=1e-7)
+
+
+def test_trace_result_round_trip_and_aie(tiny, tmp_path):
+    facts = [FACT, Fact(subject="Colosseum", template="The {} is located in the city of", target_true="Rome", case_id=1)]
+    res = trace_facts(tiny, facts, TraceConfig(n_samples=2, window=2), only_known=False, progress=False)
+    path = res.save(tmp_path / "trace")
+    back = TraceResult.load(path)
+    assert back.provenance == res.provenance and back.n_facts == 2
+    for a, b in zip(res.traces, back.traces):
+        for k in a.scores:
+            assert torch.equal(a.scores[k], b.scores[k])
+        assert a.fact == b.fact and a.low == b.low
+    aie = res.aie("mlp")
+    manual = np.mean([t.effect("mlp")[:, t.subject_range[1] - 1].numpy() for t in res.traces], axis=0)
+    assert np.allclose(aie.mean["last subject"], manual, atol=1e-7)
+    s = res.suggest_layers(width=2)
+    assert s.layer == int(np.argmax(manual)) and len(s.layers) == 2
+    df = res.to_dataframe()
+    assert len(df) == sum(len(t.tokens) * tiny.n_layers * 3 for t in res.traces)
+    assert res.plot() is not None and res.plot(fact=0, kind="mlp") is not None
+
+
+def test_checkpoints_are_reused(tiny, tmp_path, monkeypatch):
+    cfg = TraceConfig(n_samples=2, window=2, kinds=("hidden",))
+    first = trace_facts(tiny, [FACT], cfg, only_known=False, checkpoint_dir=tmp_path, progress=False)
+    import lens_memory.trace as tr
+
+    monkeypatch.setattr(tr, "trace_fact", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = trace_facts(tiny, [FACT], cfg, only_known=False, checkpoint_dir=tmp_path, progress=False)
+    assert torch.equal(first.traces[0].scores["hidden"], again.traces[0].scores["hidden"])
+
+
+def test_no_known_facts_is_a_clear_error(tiny):
+    fact = Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="zzzzqqq")
+    with pytest.raises(NoKnownFactsError, match="knows none of the 1 facts"):
+        trace_facts(tiny, [fact], TraceConfig(n_samples=2), progress=False)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"kinds": ("hidden", "bogus")}, "unknown \\['bogus'\\]"),
+    ({"n_samples": 0}, "n_samples must be a positive integer, got 0"),
+    ({"noise": "loud"}, "noise must be 'auto' or a number, got 'loud'"),
+    ({"window": 0}, "window must be a positive integer"),
+    ({"engine": "gpu"}, "engine must be 'fast' or 'reference', got 'gpu'"),
+])
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        TraceConfig(**kw)
+
+
+def test_trace_fact_subject_missing(tiny):
+    bad = Fact(subject="Louvre", template="The Eiffel Tower is located in {}", target_true="Paris")
+    bad = Fact(subject="Louvre", template="{} is here", target_true="Paris")
+    res = trace_fact(tiny, bad, TraceConfig(n_samples=2, kinds=("hidden",)), scale=1.0)
+    assert res.scores["hidden"].shape[0] == tiny.n_layers
