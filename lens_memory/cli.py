@@ -11,6 +11,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     log.info("wrote %s", args.out / "summary.json")
     brief = {k: v for k, v in summary.items() if k not in ("model", "config", "available", "per_relation")}
-    sys.stdout.write(__import__("json").dumps(brief, default=str) + "\n")
+    sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 
 

@@ -24,10 +24,12 @@ COLUMN_WIDTH = 3.4  # inches, one column of a two-column paper
 
 def paper_style() -> dict[str, Any]:
     """Matplotlib rc parameters of the house style (use with ``matplotlib.rc_context``)."""
+    from cycler import cycler
+
     return {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
             "legend.fontsize": 7, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150,
             "savefig.dpi": 200, "savefig.bbox": "tight", "pdf.fonttype": 42,
-            "axes.prop_cycle": __import__("cycler").cycler(color=PALETTE)}
+            "axes.prop_cycle": cycler(color=PALETTE)}
 
 
 def _figure(w: float, h: float):

@@ -92,8 +92,7 @@ def test_config_validation(kw, msg):
         TraceConfig(**kw)
 
 
-def test_trace_fact_subject_missing(tiny):
-    bad = Fact(subject="Louvre", template="The Eiffel Tower is located in {}", target_true="Paris")
-    bad = Fact(subject="Louvre", template="{} is here", target_true="Paris")
-    res = trace_fact(tiny, bad, TraceConfig(n_samples=2, kinds=("hidden",)), scale=1.0)
+def test_trace_fact_subject_at_start_of_prompt(tiny):
+    fact = Fact(subject="Louvre", template="{} is here", target_true="Paris")
+    res = trace_fact(tiny, fact, TraceConfig(n_samples=2, kinds=("hidden",)), scale=1.0)
     assert res.scores["hidden"].shape[0] == tiny.n_layers
