@@ -107,5 +107,5 @@ def plot_aie(result, kinds: list[str] | None = None):
             ax.set_xlabel("layer")
         axes[0].set_ylabel("average indirect effect")
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-        fig.suptitle(f"Causal tracing, {result.provenance['model']['name']}, {len(result.traces)} facts", fontsize=8)
+        fig.suptitle(f"Causal tracing, {result.provenance['model']['name']}, {len(result.traces)} facts", fontsize=8, y=1.08)
     return fig
