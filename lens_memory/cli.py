@@ -5,6 +5,7 @@ numbers) into ``--out``. User errors print one line (``lens-memory: error: ...``
 
 Subcommands:
   trace   causal tracing over a fact set (heatmaps, AIE, suggested edit layers)
+  edit    ROME / MEMIT edits of known facts, evaluated CounterFact-style, the edited fact re-traced
   models  list the offline models; ``--check-facts`` reports which facts a model knows
 """
 
@@ -49,6 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--engine", default="fast", choices=["fast", "reference"])
     t.add_argument("--heatmaps", type=int, default=8, help="per-fact heatmap figures to write")
 
+    e = sub.add_parser("edit", help="ROME / MEMIT fact editing with CounterFact-style evaluation")
+    _common(e)
+    _facts_args(e)
+    e.add_argument("--method", default="rome", choices=["rome", "memit"])
+    e.add_argument("--layer", type=int, default=None, help="ROME layer (default: traced suggestion)")
+    e.add_argument("--layers", default=None, help="MEMIT layers, comma list (default: traced suggestion)")
+    e.add_argument("--trace-facts", type=int, default=3,
+                   help="facts traced (MLP restoration) to suggest the layer(s); 0 uses the model's default")
+    e.add_argument("--stats-tokens", type=int, default=None,
+                   help="corpus tokens for the key statistics (default: the model's, e.g. 16384 for gemma-3-270m)")
+    e.add_argument("--corpus", default=None,
+                   help="'offline', 'samples[:N]' (text sampled from the model, cached), a text file/dir, "
+                        "or hf:NAME[:CONFIG[:SPLIT]] (default: the model's)")
+    e.add_argument("--sequential", action="store_true", help="ROME: each edit computed on the previously edited model")
+    e.add_argument("--fluency-facts", type=int, default=10, help="facts whose generations are scored")
+    e.add_argument("--gen-tokens", type=int, default=50, help="tokens generated per fluency prompt")
+    e.add_argument("--no-retrace", action="store_true", help="skip tracing the new fact on the edited model")
+    e.add_argument("--seed", type=int, default=0)
+
     m = sub.add_parser("models", help="list offline models; --check-facts reports known facts")
     _common(m)
     _facts_args(m)
@@ -79,6 +99,132 @@ def _cmd_trace(args) -> dict:
     summary = {"command": "trace", "model": lm.identity.to_dict(), "config": cfg.to_dict(),
                "noise_scale": result.provenance["noise_scale"], **result.summary(),
                "wall_seconds": round(time.time() - t0, 1)}
+    write_json(args.out / "summary.json", summary)
+    return summary
+
+
+def _known_sample(lm, facts, n: int | None):
+    """The first ``n`` facts (spread over relations) that the model knows and that have a new target."""
+    from .facts import check_knowledge, spread_facts
+
+    pool = [f for f in spread_facts(facts) if f.target_new]
+    want = len(pool) if n is None else n
+    out = []
+    for s in range(0, len(pool), max(8, 2 * want)):
+        k = check_knowledge(lm, pool[s:s + max(8, 2 * want)])
+        out += k.known_facts()
+        if len(out) >= want:
+            break
+    if not out:
+        from .errors import NoKnownFactsError
+
+        raise NoKnownFactsError(f"{lm.name} knows none of the {len(pool)} facts with a new target")
+    return out[:want]
+
+
+def _cmd_edit(args) -> dict:
+    import dataclasses
+
+    from . import viz
+    from .edit import (EvalConfig, MemitConfig, RomeConfig, applied, evaluate_edits,
+                       key_statistics, memit, rome)
+    from .edit.memit import default_layers
+    from .edit.rome import default_layer
+    from .facts import load_facts
+    from .io import write_json
+    from .models import load_model
+    from .trace import TraceConfig, trace_facts
+    from tqdm.auto import tqdm
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    lm = load_model(args.model)
+    facts = _known_sample(lm, load_facts(args.facts), args.limit)
+    seconds: dict[str, float] = {}
+    t = time.time()
+    suggestion = None
+    if args.layer is None and args.layers is None and args.trace_facts > 0:
+        tr = trace_facts(lm, facts[:args.trace_facts], TraceConfig(kinds=("mlp",)), only_known=False)
+        tr.save(args.out / "trace_pre")
+        suggestion = tr.suggest_layers()
+        viz.save_figure(viz.plot_aie(tr, ["mlp"]), args.out / "figures" / "aie_pre")
+    seconds["trace"] = time.time() - t
+    if args.method == "rome":
+        layers = [args.layer if args.layer is not None else (suggestion.layer if suggestion else default_layer(lm))]
+        cfg = RomeConfig.for_model(lm, layer=layers[0], seed=args.seed)
+    else:
+        layers = ([int(x) for x in args.layers.split(",")] if args.layers else
+                  (suggestion.layers if suggestion else default_layers(lm)))
+        cfg = MemitConfig.for_model(lm, layers=tuple(layers), seed=args.seed)
+    overrides = {k: v for k, v in (("corpus", args.corpus), ("n_tokens", args.stats_tokens)) if v is not None}
+    if overrides:
+        cfg = dataclasses.replace(cfg, stats=dataclasses.replace(cfg.stats, **overrides))
+    stats_cfg = cfg.stats
+    layers = [lm.check_layer(j) for j in layers]
+    t = time.time()
+    stats = key_statistics(lm, layers, stats_cfg)
+    seconds["stats"] = time.time() - t
+    t = time.time()
+    edits = []
+    if args.method == "rome":
+        handles = []  # sequential: each edit is computed with the earlier ones applied
+        try:
+            for f in tqdm(facts, desc="ROME edits", unit="edit"):
+                edits.append(rome(lm, f, cfg, stats=stats[layers[0]]))  # same-layer edits leave C unchanged
+                if args.sequential:
+                    handles.append(edits[-1].apply(lm))
+        finally:
+            for h in reversed(handles):
+                h.remove()
+    else:
+        edits.append(memit(lm, facts, cfg, stats=stats))
+    seconds["edit"] = time.time() - t
+    for i, e in enumerate(edits):
+        e.save(args.out / "edits" / f"{i:03d}")
+    t = time.time()
+    per_fact = args.method == "rome" and not args.sequential
+    ev = evaluate_edits(lm, facts, edits, per_fact=per_fact,
+                        config=EvalConfig(fluency_facts=args.fluency_facts, gen_tokens=args.gen_tokens, seed=args.seed),
+                        provenance={"method": args.method, "layers": layers, "config": cfg.to_dict(),
+                                    "sequential": args.sequential, "facts_source": str(args.facts)})
+    seconds["evaluate"] = time.time() - t
+    ev.save(args.out / "evaluation")
+    ev.to_dataframe().to_csv(args.out / "edit_scores.csv", index=False)
+    viz.save_figure(ev.plot(), args.out / "figures" / "edit_scores")
+    retrace = None
+    if not args.no_retrace:
+        t = time.time()
+        f = facts[0]
+        new_fact = dataclasses.replace(f, target_true=f.target_new, target_new=f.target_true)
+        with applied(lm, edits if not per_fact else edits[:1]):
+            rt = trace_facts(lm, [new_fact], TraceConfig(kinds=("mlp", "hidden")), only_known=False)
+        rt.save(args.out / "trace_post")
+        for kind in rt.kinds:
+            viz.save_figure(viz.plot_trace_heatmap(rt.traces[0], kind, window=10), args.out / "figures" / f"retrace_{kind}")
+        sug = rt.suggest_layers()
+        retrace = {"fact": new_fact.prompt, "target": new_fact.target_true, "peak_mlp_layer": sug.layer,
+                   "edited_layers": layers, "clean_prob": float(rt.traces[0].high),
+                   "corrupted_prob": float(rt.traces[0].low)}
+        seconds["retrace"] = time.time() - t
+    s = ev.summary()
+    n_edits = len(facts)
+    summary = {"command": "edit", "method": args.method, "n_edits": n_edits, "layers": layers,
+               "sequential": args.sequential,
+               "efficacy_score": s["post"]["efficacy_score"], "paraphrase_score": s["post"]["paraphrase_score"],
+               "neighborhood_score": s["post"]["neighborhood_score"],
+               "efficacy_accuracy": s["post"]["efficacy_accuracy"], "paraphrase_accuracy": s["post"]["paraphrase_accuracy"],
+               "neighborhood_accuracy": s["post"]["neighborhood_accuracy"],
+               "efficacy_magnitude": s["post"]["efficacy_magnitude"],
+               "ci95": {k: s["post"][k + "_ci95"] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")},
+               "pre": {k: s["pre"][k] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score",
+                                                  "efficacy_accuracy", "paraphrase_accuracy", "neighborhood_accuracy")},
+               "fluency_pre": s.get("fluency_pre"), "fluency_post": s.get("fluency_post"),
+               "consistency_pre": s.get("consistency_pre"), "consistency_post": s.get("consistency_post"),
+               "seconds_per_edit": seconds["edit"] / n_edits, "stats_seconds": seconds["stats"],
+               "stats_tokens": {j: stats[j].n_tokens for j in layers}, "stats_corpus": stats[layers[0]].corpus,
+               "trace_suggestion": dataclasses.asdict(suggestion) if suggestion else None,
+               "retrace": retrace, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+               "model": lm.identity.to_dict(), "config": cfg.to_dict()}
     write_json(args.out / "summary.json", summary)
     return summary
 
@@ -115,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        summary = {"trace": _cmd_trace, "models": _cmd_models}[args.command](args)
+        summary = {"trace": _cmd_trace, "edit": _cmd_edit, "models": _cmd_models}[args.command](args)
     except (LensMemoryError, ValueError) as exc:
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
@@ -123,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("lens-memory: interrupted; finished facts are kept in --out/.checkpoints\n")
         return 130
     log.info("wrote %s", args.out / "summary.json")
-    brief = {k: v for k, v in summary.items() if k not in ("model", "config", "available", "per_relation")}
+    brief = {k: v for k, v in summary.items()
+                 if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

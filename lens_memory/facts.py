@@ -44,6 +44,7 @@ __all__ = [
     "facts_from_records",
     "check_knowledge",
     "KnowledgeResult",
+    "spread_facts",
 ]
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,24 @@ def load_facts(source: str | Path = "builtin", limit: int | None = None) -> list
             raise ValueError(f"limit must be >= 1, got {limit}")
         facts = facts[:limit]
     return facts
+
+
+def spread_facts(facts: Sequence[Fact], n: int | None = None) -> list[Fact]:
+    """Facts reordered round-robin over relations (first of each relation, then second ...), first ``n``.
+
+    A prefix of the built-in set is one relation only (and its facts are each other's
+    neighbourhood); spreading gives every relation a share of a small sample.
+    """
+    by_rel: dict[str, list[Fact]] = defaultdict(list)
+    for f in facts:
+        by_rel[f.relation_id].append(f)
+    out: list[Fact] = []
+    queues = list(by_rel.values())
+    i = 0
+    while any(i < len(q) for q in queues):
+        out += [q[i] for q in queues if i < len(q)]
+        i += 1
+    return out if n is None else out[:n]
 
 
 # ---------------------------------------------------------------------------------------

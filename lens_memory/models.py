@@ -107,6 +107,23 @@ class LensModel:
         self.tokenizer = tokenizer
         self.identity = identity
         self._stack = None
+        self.applied_edits: list[Any] = []  # edit handles currently applied, innermost last
+
+    def state_key(self, below_layer: int | None = None) -> str:
+        """Identity of the *current* weights: the loaded weights' hash plus the edits applied on top.
+
+        Caches of model-dependent statistics are keyed by this, so a statistic computed on an
+        edited model is never reused for the original one (or the other way round). With
+        ``below_layer`` only edits touching a layer below it count: activations entering block
+        ``below_layer``'s MLP output projection do not depend on later weights or on that projection.
+        """
+        edits = [e for e in self.applied_edits if below_layer is None or min(e.layers) < below_layer]
+        if not edits:
+            return self.identity.weight_hash
+        h = hashlib.sha256(self.identity.weight_hash.encode())
+        for e in edits:
+            h.update(e.edit_id.encode())
+        return h.hexdigest()
 
     # -- shape facts ---------------------------------------------------------------------
     @property
@@ -207,9 +224,12 @@ class LensModel:
     def next_token_probs(self, prompt: str) -> torch.Tensor:
         """Probabilities of the next token after ``prompt`` (logits at the last position only)."""
         ids = self.encode(prompt)[None].to(self.device)
-        st = self.stack
-        h = st.run(st.embed(ids), 0, self.n_layers)
-        return st.logits(h[:, -1]).softmax(-1)[0]
+        h = self.hf.base_model(input_ids=ids).last_hidden_state[:, -1]  # final norm included
+        logits = self.hf.lm_head(h)
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.softmax(-1)[0]
 
     def weights_hash(self) -> str:
         """SHA-256 of the current weights (changes when an edit is applied)."""

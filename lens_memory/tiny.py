@@ -13,7 +13,10 @@ import tempfile
 
 import torch
 
-__all__ = ["tiny_model", "tiny_tokenizer"]
+__all__ = ["tiny_model", "tiny_tokenizer", "tiny_arch_model", "TINY_ARCHS"]
+
+#: other architectures for tests of architecture-generic code (GPT-2's Conv1D, GPT-J's parallel block, Llama)
+TINY_ARCHS = ("gpt2", "gptj", "llama")
 
 _CORPUS = """
 The Eiffel Tower is located in the city of Paris. The Colosseum is located in the city of Rome.
@@ -81,3 +84,33 @@ def tiny_model(seed: int = 0, *, n_layers: int = 4, d_model: int = 64, n_heads: 
     finally:
         torch.random.set_rng_state(gen_state)
     return wrap_hf_model(hf, tok, name="tiny", source=f"random init (seed {seed})", revision=f"seed{seed}")
+
+
+def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int = 64, dtype: torch.dtype = torch.float32):
+    """A randomly initialised GPT-2, GPT-J or Llama :class:`~lens_memory.models.LensModel` (std 0.2 weights)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from .models import wrap_hf_model
+
+    tok = tiny_tokenizer()
+    common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, initializer_range=0.2)
+    if arch == "gpt2":
+        cls, cfg = GPT2LMHeadModel, GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common)
+    elif arch == "gptj":
+        cls, cfg = GPTJForCausalLM, GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=4, rotary_dim=8,
+                                               n_positions=256, **common)
+    elif arch == "llama":
+        cls, cfg = LlamaForCausalLM, LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model,
+                                                 num_hidden_layers=n_layers, num_attention_heads=4,
+                                                 num_key_value_heads=2, max_position_embeddings=256, **common)
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
+    cfg.attn_implementation = "eager"
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        hf = cls(cfg).to(dtype=dtype)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return wrap_hf_model(hf, tok, name=f"tiny-{arch}", source=f"random init (seed {seed})", revision=f"seed{seed}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_trace_heatmap", "plot_aie"]
+__all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_trace_heatmap", "plot_aie", "plot_edit_scores"]
 
 #: Okabe-Ito colour-blind-safe palette.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -109,3 +109,31 @@ def plot_aie(result, kinds: list[str] | None = None):
         axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         fig.suptitle(f"Causal tracing, {result.provenance['model']['name']}, {len(result.traces)} facts", fontsize=8, y=1.08)
     return fig
+
+
+def plot_edit_scores(evaluation, ax=None, title: str | None = None):
+    """Efficacy, paraphrase and neighbourhood success before and after an edit, with 95% intervals."""
+    import matplotlib
+
+    s = evaluation.summary()
+    names = [("efficacy_score", "efficacy"), ("paraphrase_score", "paraphrase"), ("neighborhood_score", "neighbourhood")]
+    x = np.arange(len(names))
+    with matplotlib.rc_context(paper_style()):
+        if ax is None:
+            fig = _figure(COLUMN_WIDTH, 2.0)
+            ax = fig.add_subplot(1, 1, 1)
+        for off, phase, color, label in ((-0.18, "pre", PALETTE[7], "before"), (0.18, "post", PALETTE[0], "after")):
+            means = np.array([s[phase][m] for m, _ in names])
+            ci = np.array([s[phase][m + "_ci95"] for m, _ in names])
+            err = np.abs(np.stack([means - ci[:, 0], ci[:, 1] - means]))
+            ax.bar(x + off, means, width=0.34, color=color, label=label, yerr=err, capsize=2,
+                   error_kw={"lw": 0.8})
+        ax.set_xticks(x)
+        ax.set_xticklabels([n for _, n in names])
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("success rate")
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        prov = evaluation.provenance
+        ax.set_title(title or f"{prov.get('method', 'edit').upper()} on {prov['model']['name']}, "
+                              f"{s['n_facts']} facts, layers {prov.get('layers', '?')}")
+    return ax.figure

@@ -1,0 +1,184 @@
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng, Sen Sharma, Andonian, Belinkov & Bau 2023, ICLR).
+
+ROME writes one fact into one layer. MEMIT writes many facts at once, spread over a range of
+critical MLP layers ``L_1 < ... < L_R`` (the causal-tracing window):
+
+1. for every fact, a target hidden state ``z = h + δ`` at the last edit layer's output
+   (``blocks.L_R.hook_resid_post``) at the subject's last token, with ``δ`` optimised as in ROME
+   -- batched over facts, exact because each ``δ`` only touches its own prompts;
+2. for each layer ``L_i`` in order: the keys ``K`` (context-averaged, recomputed on the model
+   with the lower layers already updated), the remaining residual ``R = (z - h_cur) / (R - i + 1)``
+   (spread evenly over the layers not yet updated), and the least-squares update
+   ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`` (:func:`~lens_memory.edit.solve.memit_update`).
+
+For models with an RMSNorm after the MLP (Gemma), the residual-stream change ``R`` is mapped to
+the output projection's own output space with :func:`~lens_memory.edit.weights.residual_to_value`
+(the norm is scale-invariant, so the closest pre-norm vector with the wanted normalised output is
+used). Without a post-norm that map is the identity, and the update is MEMIT's.
+
+Facts are processed in chunks of ``batch_facts`` (bounded memory for thousands of edits); the
+optimisation can also run one fact at a time (``batch_facts=1``) for comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import LensMemoryError
+from ..facts import Fact
+from .artifact import Edit, WeightPatch
+from .config import EditConfigBase
+from .rome import default_layer
+from .solve import memit_update, regularise
+from .stats import StatsConfig, key_statistics
+from .targets import build_rows, check_requests, context_templates, lookup_activations, optimise_targets, per_fact_mean
+from .weights import key_hook, proj_weight, residual_to_value, tensor_sha256, value_hook
+
+__all__ = ["MemitConfig", "memit", "default_layers", "MODEL_DEFAULTS"]
+
+#: per-model overrides of the paper defaults (see :data:`lens_memory.edit.rome.MODEL_DEFAULTS`). MEMIT's
+#: λ = 15000 was set for GPT-J (d_mlp 16384); a typical key's whitened norm kᵀC⁻¹k grows with d_mlp, so
+#: λ is scaled by d_mlp / 16384 (Gemma 3 270M, 10 facts: efficacy 0.0 at λ = 15000, 0.9 at λ = 2000).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma-3-270m": {"mom2_update_weight": 2000.0, "stats": StatsConfig(corpus="samples:16384", n_tokens=16384)},
+}
+
+log = logging.getLogger(__name__)
+
+
+def default_layers(lm: Any, width: int = 5) -> list[int]:
+    """A window of ``width`` layers centred on :func:`~lens_memory.edit.rome.default_layer`."""
+    width = min(width, lm.n_layers)
+    start = min(max(0, default_layer(lm) - width // 2), lm.n_layers - width)
+    return list(range(start, start + width))
+
+
+@dataclass(frozen=True)
+class MemitConfig(EditConfigBase):
+    """MEMIT hyperparameters (defaults: the paper's GPT-J values, contexts shortened for CPU).
+
+    Attributes:
+        layers: the MLPs to edit; ``None`` -> :func:`default_layers` or the trace suggestion.
+        mom2_update_weight: ``λ`` weighting the preserved keys' second moment against the new keys.
+        batch_facts: facts per optimisation batch / key chunk.
+    """
+
+    layers: tuple[int, ...] | None = None
+    v_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    early_stop_loss: float = 0.05
+    context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
+    mom2_update_weight: float = 15000.0
+    ridge: float = 0.0
+    batch_facts: int = 16
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._validate(("v_steps", "v_lr", "clamp_norm_factor", "batch_facts"),
+                       ("v_weight_decay", "kl_factor", "early_stop_loss", "ridge", "mom2_update_weight"))
+        if self.layers is not None:
+            layers = tuple(sorted(set(int(x) for x in self.layers)))
+            if not layers:
+                raise LensMemoryError(f"MemitConfig.layers must list at least one layer, got {self.layers!r}")
+            object.__setattr__(self, "layers", layers)
+
+
+MemitConfig.MODEL_DEFAULTS = MODEL_DEFAULTS
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
+          layers: Sequence[int] | None = None, stats: dict[int, Any] | None = None) -> Edit:
+    """Compute (not apply) one MEMIT edit inserting all ``facts``.
+
+    Args:
+        lm: the model (current weights are the ones edited).
+        facts: facts with ``target_new``.
+        config: :class:`MemitConfig`.
+        layers: overrides ``config.layers`` (e.g. ``trace_result.suggest_layers().layers``).
+        stats: precomputed :class:`~lens_memory.edit.stats.KeyStats` per layer.
+    """
+    cfg = config or MemitConfig.for_model(lm)
+    Ls = list(layers) if layers is not None else (list(cfg.layers) if cfg.layers else default_layers(lm))
+    Ls = sorted({lm.check_layer(int(x)) for x in Ls})
+    cfg = dataclasses.replace(cfg, layers=tuple(Ls))
+    facts = list(facts)
+    check_requests(lm, facts)
+    t0 = time.perf_counter()
+    stats = dict(stats or {})
+    missing = [j for j in Ls if j not in stats]
+    if missing:
+        stats.update(key_statistics(lm, missing, cfg.stats))
+    t_stats = time.perf_counter() - t0
+    contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
+    z_layer = Ls[-1]
+    z_hook = f"blocks.{z_layer}.hook_resid_post"
+    chunks = _chunks(len(facts), cfg.batch_facts)
+
+    # 1. target hidden states z per fact
+    t1 = time.perf_counter()
+    zs, probs, losses, steps = [], [], [], []
+    for ch in tqdm(chunks, desc="MEMIT targets", leave=False):
+        sub = [facts[i] for i in ch]
+        rows = build_rows(lm, sub, contexts)
+        init = lookup_activations(lm, rows, [z_hook])[z_hook][rows.first_row].float()
+        res = optimise_targets(lm, rows, z_hook, z_layer, init, steps=cfg.v_steps, lr=cfg.v_lr,
+                               weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor,
+                               kl_factor=cfg.kl_factor, early_stop_loss=cfg.early_stop_loss, facts=sub)
+        zs.append(init + res.delta)
+        probs += res.target_prob
+        losses += res.loss
+        steps += res.steps
+    z = torch.cat(zs)  # [fact d_model]
+    t_targets = time.perf_counter() - t1
+
+    # 2. spread the residual over the layers, lowest first
+    factors: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    base_hashes = {j: tensor_sha256(proj_weight(lm, j)) for j in Ls}
+    patches: list[WeightPatch] = []
+    ridges = {}
+    try:
+        for i, j in enumerate(Ls):
+            K, D = [], []
+            for ch in chunks:
+                sub = [facts[c] for c in ch]
+                rows = build_rows(lm, sub, contexts, kl_prompts=())
+                names = [key_hook(j), value_hook(j), z_hook]
+                acts = lookup_activations(lm, rows, names)
+                K.append(per_fact_mean(acts[key_hook(j)], rows))
+                first = rows.first_row
+                resid = (z[list(ch)].double() - acts[z_hook][first].double()) / (len(Ls) - i)
+                D.append(residual_to_value(lm, j, acts[value_hook(j)][first].double(), resid))
+            K_j = torch.cat(K).T  # [d_mlp fact]
+            D_j = torch.cat(D).T  # [d_model fact]
+            C, ridges[j] = regularise(stats[j].mom2, cfg.ridge, name=f"C (layer {j})")
+            U, V = memit_update(C, K_j, D_j, cfg.mom2_update_weight)
+            factors[j] = (U.float(), None if V is None else V.float())
+            delta = U if V is None else U @ V.T
+            if not torch.isfinite(delta).all():
+                raise LensMemoryError(f"MEMIT update for layer {j} is not finite; no weights were changed")
+            patches.append(WeightPatch(lm, {j: delta}))
+    finally:
+        for p in reversed(patches):
+            p.restore()
+    total = time.perf_counter() - t0
+    return Edit(method="memit", factors=factors, requests=[f.to_dict() for f in facts], config=cfg.to_dict(),
+                model=lm.identity.to_dict(), base_hashes=base_hashes,
+                info={"target_prob": probs, "loss": losses, "steps": steps, "n_contexts": len(contexts),
+                      "contexts": contexts, "ridge": ridges, "stats_tokens": {j: stats[j].n_tokens for j in Ls},
+                      "stats_corpus": stats[Ls[0]].corpus, "stats_seconds": t_stats, "targets_seconds": t_targets,
+                      "seconds": total, "z_layer": z_layer})

@@ -1,0 +1,145 @@
+"""ROME: Rank-One Model Editing (Meng, Bau, Andonian & Belinkov 2022, "Locating and Editing
+Factual Associations in GPT", NeurIPS).
+
+Causal tracing finds that a subject's facts are recalled by mid-layer MLPs at the subject's
+last token. ROME treats one such MLP's output projection ``W`` as a key-value memory and
+rewrites a single association:
+
+1. **k*** -- the key at the subject's last token (input of ``W``, hook ``blocks.L.mlp.out.hook_in``),
+   averaged over the edit prompt preceded by short generated contexts;
+2. **v*** -- ``W k* + δ``, where ``δ`` is optimised so that adding it to ``W``'s output at the
+   subject's last token makes the model say the new object (with the KL "essence" term, weight
+   decay and norm clamp; see :mod:`lens_memory.edit.targets`). Gemma's post-MLP RMSNorm sits
+   between ``W`` and the residual stream, so ``δ`` is optimised *through* that norm;
+3. the rank-one closed form ``W' = W + δ (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*)`` with ``C = E[k kᵀ]``
+   (:mod:`lens_memory.edit.stats`), so ``W' k* = v*`` exactly.
+
+``key_mode="rrome"`` (default) uses the same averaged key in the denominator, the correction of
+Gupta et al. (2024, "Rebuilding ROME"); ``"original"`` reproduces the original code, whose
+denominator uses the unprefixed prompt's key (so ``W'`` maps *that* key to ``v*`` instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import LensMemoryError
+from ..facts import Fact
+from .artifact import Edit
+from .config import EditConfigBase
+from .solve import regularise, rome_update
+from .stats import StatsConfig, key_statistics
+from .targets import build_rows, check_requests, context_templates, lookup_activations, optimise_targets, per_fact_mean
+from .weights import key_hook, linear_weight, out_proj, proj_weight, tensor_sha256, value_hook
+
+__all__ = ["RomeConfig", "rome", "default_layer"]
+
+log = logging.getLogger(__name__)
+
+#: layers found by causal tracing of the built-in facts (``lens-memory trace``), per model
+_TRACED_LAYER = {"gemma-3-270m": 5}
+
+#: per-model overrides of the paper defaults, each measured on the built-in facts (README, "Editing").
+#: Gemma 3 270M's subject keys are so alike that ROME's clamp of 4x spills the update onto neighbours (10 facts:
+#: neighbourhood 0.33 at 1x, 0.60 at 0.75x, 0.82 at 0.6x); C from text sampled from the model separates
+#: subjects better than C from documentation prose (neighbour/subject response 0.2-0.6 vs 0.5-1.5).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma-3-270m": {"clamp_norm_factor": 0.7, "stats": StatsConfig(corpus="samples:16384", n_tokens=16384)},
+}
+
+
+def default_layer(lm: Any) -> int:
+    """The layer to edit when none is given: the traced one for known models, else ~30% depth."""
+    return _TRACED_LAYER.get(lm.name, max(0, round(0.3 * (lm.n_layers - 1))))
+
+
+@dataclass(frozen=True)
+class RomeConfig(EditConfigBase):
+    """ROME hyperparameters (defaults: the paper's GPT-2 XL values, contexts shortened for CPU).
+
+    Attributes:
+        layer: the MLP to edit; ``None`` -> :func:`default_layer` or the trace suggestion.
+        v_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, early_stop_loss: the target
+            optimisation (:func:`~lens_memory.edit.targets.optimise_targets`).
+        context_lengths: ``(tokens, count)`` of generated context prefixes (paper: (5, 10), (10, 10)).
+        key_mode: ``"rrome"`` or ``"original"`` (see module docstring).
+        ridge: extra diagonal regularisation of ``C`` (times its mean eigenvalue).
+        stats: how ``C`` is estimated.
+    """
+
+    layer: int | None = None
+    v_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    early_stop_loss: float = 0.05
+    context_lengths: tuple[tuple[int, int], ...] = ((5, 5), (10, 5))
+    key_mode: str = "rrome"
+    ridge: float = 0.0
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._validate(("v_steps", "v_lr", "clamp_norm_factor"),
+                       ("v_weight_decay", "kl_factor", "early_stop_loss", "ridge"))
+        if self.key_mode not in ("rrome", "original"):
+            raise LensMemoryError(f"RomeConfig.key_mode must be 'rrome' or 'original', got {self.key_mode!r}")
+
+
+RomeConfig.MODEL_DEFAULTS = MODEL_DEFAULTS
+
+
+def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | None = None,
+         stats: Any = None) -> Edit:
+    """Compute (not apply) a ROME edit making ``fact.prompt`` answer ``fact.target_new``.
+
+    Args:
+        lm: the model; its current weights (edits applied included) are the ones edited.
+        fact: a :class:`~lens_memory.facts.Fact` with ``target_new``.
+        config: :class:`RomeConfig` (default: :meth:`RomeConfig.for_model`).
+        layer: overrides ``config.layer`` (e.g. ``trace_result.suggest_layers().layer``).
+        stats: a precomputed :class:`~lens_memory.edit.stats.KeyStats` for the layer.
+
+    Returns:
+        an :class:`~lens_memory.edit.artifact.Edit`; apply it with ``with edit.apply(lm): ...``.
+    """
+    cfg = config or RomeConfig.for_model(lm)
+    L = lm.check_layer(layer if layer is not None else (cfg.layer if cfg.layer is not None else default_layer(lm)))
+    cfg = dataclasses.replace(cfg, layer=L)
+    check_requests(lm, [fact])
+    t0 = time.perf_counter()
+    st = stats if stats is not None else key_statistics(lm, L, cfg.stats)[L]
+    if st.layer != L or st.model != lm.name:
+        raise LensMemoryError(f"key statistics are for {st.model!r} layer {st.layer}, not {lm.name!r} layer {L}")
+    t_stats = time.perf_counter() - t0
+    contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
+    rows = build_rows(lm, [fact], contexts)
+    acts = lookup_activations(lm, rows, [key_hook(L), value_hook(L)])
+    k_bar = per_fact_mean(acts[key_hook(L)], rows)[0]
+    init = acts[value_hook(L)][rows.first_row].float()
+    res = optimise_targets(lm, rows, value_hook(L), L, init, steps=cfg.v_steps, lr=cfg.v_lr,
+                           weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor,
+                           kl_factor=cfg.kl_factor, early_stop_loss=cfg.early_stop_loss, facts=[fact])
+    C, ridge = regularise(st.mom2, cfg.ridge, name=f"C (layer {L})")
+    k_den = acts[key_hook(L)][rows.first_row[0]] if cfg.key_mode == "original" else None
+    U, V = rome_update(C, k_bar, res.delta[0], k_denominator=k_den)
+    W = linear_weight(lm, L).double()
+    bias = getattr(out_proj(lm, L), "bias", None)
+    v_star = W @ k_bar + (bias.double() if bias is not None else 0) + res.delta[0].double()
+    info = {"k_star": k_bar.float(), "v_star": v_star.float()}
+    edit = Edit(method="rome", factors={L: (U.float(), V.float())}, requests=[fact.to_dict()],
+                config=cfg.to_dict(), model=lm.identity.to_dict(), base_hashes={L: tensor_sha256(proj_weight(lm, L))},
+                info={"target_prob": res.target_prob, "loss": res.loss, "steps": res.steps,
+                      "delta_norm": float(res.delta[0].norm()), "init_norm": float(init[0].norm()),
+                      "ridge": ridge, "n_contexts": len(contexts), "contexts": contexts,
+                      "stats_tokens": st.n_tokens, "stats_corpus": st.corpus, "stats_seconds": t_stats,
+                      "seconds": time.perf_counter() - t0,
+                      "k_star": info["k_star"].tolist(), "v_star": info["v_star"].tolist()})
+    return edit

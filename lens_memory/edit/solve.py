@@ -1,0 +1,93 @@
+"""Closed-form weight updates of ROME and MEMIT (pure linear algebra, float64).
+
+ROME (Meng et al. 2022, eq. 2) inserts one key-value pair ``(k*, v*)`` into ``W`` while
+minimising the change on the keys ``K`` the layer usually sees (second moment ``C = KKᵀ/n``)::
+
+    W' = W + (v* - W k*) (C⁻¹ k*)ᵀ / ((C⁻¹ k*)ᵀ k*)           so that  W' k* = v*
+
+and any key ``k`` with ``(C⁻¹ k*)ᵀ k = 0`` keeps its value. MEMIT (Meng et al. 2023, eq. 14)
+inserts many pairs at once as a covariance-weighted least-squares compromise::
+
+    ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹                                 R = V* - W K
+
+which for one key tends to ROME's update as ``λ → 0``. ``K Kᵀ`` and ``R Kᵀ`` are accumulated
+over chunks of keys, so memory stays ``O(d²)`` for any number of edits. Updates are returned as
+low-rank factors ``ΔW = U Vᵀ`` when their rank is small, else as one dense matrix.
+
+An ill-conditioned ``C`` (few tokens, dead units) is regularised by adding ``ridge * mean
+eigenvalue`` to its diagonal, with a warning naming the condition number.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from jaxtyping import Float
+
+__all__ = ["regularise", "rome_update", "memit_update", "IllConditionedWarning"]
+
+log = logging.getLogger(__name__)
+
+
+class IllConditionedWarning(UserWarning):
+    """The key second moment was regularised before inversion."""
+
+
+def regularise(C: Float[torch.Tensor, "d_mlp d_mlp"], ridge: float = 0.0, max_condition: float = 1e10,
+               name: str = "C") -> tuple[torch.Tensor, float]:
+    """``C + r * mean_eig * I`` (float64), with ``r >= ridge`` raised until ``cond <= max_condition``."""
+    C = C.double()
+    C = (C + C.T) / 2
+    ev = torch.linalg.eigvalsh(C)
+    mean_eig = float(ev.mean().clamp_min(1e-300))
+    cond = float(ev[-1] / ev[0]) if ev[0] > 0 else float("inf")
+    r = ridge
+    if cond > max_condition:
+        # smallest r with (ev_max + r m) / (ev_min + r m) <= max_condition
+        need = (float(ev[-1]) - max_condition * float(ev[0])) / (mean_eig * (max_condition - 1))
+        r = max(r, need * 1.01)
+        warnings.warn(f"{name} is ill-conditioned (condition number {cond:.3g} > {max_condition:.3g}); "
+                      f"adding {r:.3g} x its mean eigenvalue to the diagonal", IllConditionedWarning, stacklevel=3)
+    if r > 0:
+        C = C + r * mean_eig * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+    return C, r
+
+
+def rome_update(C: Float[torch.Tensor, "d_mlp d_mlp"], k_star: Float[torch.Tensor, "d_mlp"],
+                residual: Float[torch.Tensor, "d_model"], k_denominator: Float[torch.Tensor, "d_mlp"] | None = None
+                ) -> tuple[Float[torch.Tensor, "d_model 1"], Float[torch.Tensor, "d_mlp 1"]]:
+    """Rank-one factors ``(U, V)`` with ``ΔW = U Vᵀ = residual (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k_den)``.
+
+    ``k_denominator`` defaults to ``k_star`` (then ``ΔW k* = residual`` exactly); ROME's original
+    code used the unprefixed prompt's key there (see :class:`~lens_memory.edit.rome.RomeConfig`).
+    """
+    k = k_star.double()
+    u = torch.linalg.solve(C.double(), k)
+    den = torch.dot(u, (k if k_denominator is None else k_denominator.double()))
+    return residual.double()[:, None], (u / den)[:, None]
+
+
+def memit_update(C: Float[torch.Tensor, "d_mlp d_mlp"], K: Float[torch.Tensor, "d_mlp n"],
+                 R: Float[torch.Tensor, "d_model n"], lam: float, *, chunk: int = 4096,
+                 max_rank_fraction: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MEMIT's ``ΔW = R Kᵀ (λC + KKᵀ)⁻¹``.
+
+    Returns ``(U, V)`` with ``ΔW = U Vᵀ`` when ``n <= max_rank_fraction * min(d_model, d_mlp)``,
+    else ``(ΔW, None)``. Keys are processed ``chunk`` at a time.
+    """
+    d_in, n = K.shape
+    A = lam * C.double()
+    for s in range(0, n, chunk):
+        Kc = K[:, s:s + chunk].double()
+        A = A + Kc @ Kc.T
+    A = (A + A.T) / 2
+    L = torch.linalg.cholesky(A)
+    if n <= max_rank_fraction * min(R.shape[0], d_in):
+        V = torch.cholesky_solve(K.double(), L)
+        return R.double(), V
+    RK = torch.zeros(R.shape[0], d_in, dtype=torch.float64)
+    for s in range(0, n, chunk):
+        RK += R[:, s:s + chunk].double() @ K[:, s:s + chunk].double().T
+    return torch.cholesky_solve(RK.T, L).T, None

@@ -1,0 +1,205 @@
+"""Key statistics: the second moment ``C = E[k kᵀ]`` of an MLP layer's keys.
+
+ROME and MEMIT change ``W_out`` as little as possible *for the keys the layer usually sees*:
+the update is shaped by ``C⁻¹`` so that keys orthogonal to ``C⁻¹ k*`` keep their values
+(Meng et al. 2022, eq. 2). ``C`` is estimated from a text corpus: ROME used 100,000 Wikipedia
+samples (tens of millions of tokens) on GPT-2 XL; the defaults here use far fewer tokens
+(``StatsConfig.n_tokens``, 100k) because a 2-core CPU computes keys at a few thousand tokens per
+second; the token count is recorded with every statistic and every edit.
+
+Only the layers up to the highest requested one are run: a hook on the last key raises and
+stops the forward pass, so no later layer, final norm or 262k-vocabulary unembedding is computed.
+All requested layers are estimated in the same pass. Position 0 (BOS, an attention sink with
+atypical activations) is excluded, as ROME's data had no BOS.
+
+Results are cached on disk under ``<cache>/stats``, keyed by model and weight state (edits
+included), corpus hash, layer, token count and block length, written atomically, and checked
+against their JSON metadata before reuse -- a statistic from another model or corpus is never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from ..corpus import Corpus, resolve_corpus, token_blocks
+from ..errors import LensMemoryError
+from ..io import read_json, save_tensors, load_tensors, write_json
+from .weights import key_hook
+
+__all__ = ["StatsConfig", "KeyStats", "key_statistics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How ``C`` is estimated.
+
+    ``corpus``: ``"offline"`` (documentation prose), ``"samples[:N]"`` (text sampled from the model,
+    cached), a text file or directory, or ``"hf:NAME[:CONFIG[:SPLIT]]"`` (online).
+    """
+
+    corpus: str = "offline"
+    n_tokens: int = 100_000
+    seq_len: int = 128
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("n_tokens", "seq_len", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (2 if name == "seq_len" else 1):
+                raise LensMemoryError(f"StatsConfig.{name} must be a positive integer, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class KeyStats:
+    """Second moment of one layer's MLP keys, with provenance."""
+
+    layer: int
+    mom2: Float[torch.Tensor, "d_mlp d_mlp"]  # E[k kᵀ] over n_tokens keys (float64)
+    mean: Float[torch.Tensor, "d_mlp"]
+    n_tokens: int
+    hook: str
+    model: str
+    state_key: str
+    corpus: dict[str, Any]
+    config: dict[str, Any]
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def condition_number(self) -> float:
+        ev = torch.linalg.eigvalsh(self.mom2)
+        return float(ev[-1] / ev[0].clamp_min(1e-300)) if ev[0] > 0 else float("inf")
+
+    def _meta(self) -> dict[str, Any]:
+        return {"layer": self.layer, "n_tokens": self.n_tokens, "hook": self.hook, "model": self.model,
+                "state_key": self.state_key, "corpus": self.corpus, "config": self.config, "seconds": self.seconds}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (safetensors) and ``path.json`` (metadata), atomically."""
+        path = Path(path)
+        save_tensors(path, {"mom2": self.mom2, "mean": self.mean})
+        write_json(path.with_suffix(".json"), self._meta())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "KeyStats":
+        path = Path(path)
+        meta = read_json(path.with_suffix(".json"))
+        t = load_tensors(path)
+        return cls(mom2=t["mom2"], mean=t["mean"], **meta)
+
+
+def _cache_file(lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig, cache_dir: str | Path | None) -> Path:
+    from ..embedded import cache_root
+
+    d = cache_root(cache_dir) / "stats" / lm.name.replace("/", "--") / lm.state_key(below_layer=layer)[:16] / corpus.sha256[:16]
+    return d / f"layer{layer}_t{cfg.n_tokens}_s{cfg.seq_len}.safetensors"
+
+
+def _matches(st: KeyStats, lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig) -> bool:
+    return (st.layer == layer and st.model == lm.name and st.state_key == lm.state_key(below_layer=layer)
+            and st.corpus.get("sha256") == corpus.sha256 and st.hook == key_hook(layer)
+            and st.config.get("n_tokens") == cfg.n_tokens and st.config.get("seq_len") == cfg.seq_len)
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def _estimate(lm: Any, layers: list[int], corpus: Corpus, cfg: StatsConfig, truncate: bool) -> dict[int, KeyStats]:
+    last = max(layers)
+    d_mlp: dict[int, int] = {}
+    acc: dict[int, torch.Tensor] = {}
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+
+    def capture(x: torch.Tensor, hook: Any, layer: int) -> None:
+        k = x[:, 1:].reshape(-1, x.shape[-1]).float()  # drop BOS
+        if layer not in acc:
+            d_mlp[layer] = x.shape[-1]
+            acc[layer] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float64)
+            sums[layer] = torch.zeros(x.shape[-1], dtype=torch.float64)
+        acc[layer] += (k.T @ k).double()
+        sums[layer] += k.sum(0).double()
+        if truncate and layer == last:
+            raise _Stop
+
+    hooks = [(key_hook(j), lambda x, hook, j=j: capture(x, hook, j)) for j in layers]
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.n_tokens, desc=f"key statistics L{layers}", unit="tok", leave=False)
+    with lm.bridge.hooks(fwd_hooks=hooks):
+        for ids in token_blocks(lm, corpus, cfg.n_tokens, seq_len=cfg.seq_len, batch_size=cfg.batch_size):
+            ids = ids.to(lm.device)
+            try:
+                if truncate:
+                    lm.hf.base_model(input_ids=ids)
+                else:
+                    lm.hf(input_ids=ids)
+            except _Stop:
+                pass
+            count += ids.shape[0] * (ids.shape[1] - 1)
+            bar.update(ids.numel())
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if count == 0:
+        raise LensMemoryError(f"corpus {corpus.name!r} yielded no tokens for key statistics")
+    out = {}
+    for j in layers:
+        out[j] = KeyStats(layer=j, mom2=acc[j] / count, mean=sums[j] / count, n_tokens=count, hook=key_hook(j),
+                          model=lm.name, state_key=lm.state_key(below_layer=j), corpus=corpus.to_dict(), config=cfg.to_dict(),
+                          seconds=seconds, meta={"truncated_forward": truncate})
+    return out
+
+
+def key_statistics(lm: Any, layers: int | Sequence[int], config: StatsConfig | None = None, *,
+                   corpus: Corpus | None = None, cache_dir: str | Path | None = None, use_cache: bool = True,
+                   truncate: bool = True) -> dict[int, KeyStats]:
+    """``E[k kᵀ]`` of the MLP keys at each of ``layers``, from the cache when a matching one exists.
+
+    Args:
+        lm: the model (its current weights, edits included, define the statistic).
+        layers: one layer or several; missing ones are estimated together in one truncated pass.
+        config: corpus, token count and block shape (:class:`StatsConfig`).
+        corpus: an already-loaded corpus (else ``config.corpus`` is loaded).
+        truncate: stop the forward pass at the last requested layer (set ``False`` only to
+            measure what the truncation saves).
+    """
+    cfg = config or StatsConfig()
+    layers = [lm.check_layer(j) for j in ([layers] if isinstance(layers, int) else list(layers))]
+    if not layers:
+        raise LensMemoryError("key_statistics needs at least one layer, got none")
+    corpus = corpus or resolve_corpus(lm, cfg.corpus)
+    out: dict[int, KeyStats] = {}
+    if use_cache:
+        for j in layers:
+            f = _cache_file(lm, corpus, j, cfg, cache_dir)
+            if f.exists() and f.with_suffix(".json").exists():
+                try:
+                    st = KeyStats.load(f)
+                except Exception as exc:  # corrupt cache: recompute, never trust it
+                    log.warning("ignoring unreadable key-statistics cache %s (%s)", f, exc)
+                    continue
+                if _matches(st, lm, corpus, j, cfg):
+                    out[j] = st
+    missing = sorted(set(layers) - set(out))
+    if missing:
+        new = _estimate(lm, missing, corpus, cfg, truncate)
+        for j, st in new.items():
+            if use_cache:
+                st.save(_cache_file(lm, corpus, j, cfg, cache_dir))
+            out[j] = st
+    return {j: out[j] for j in layers}

@@ -1,0 +1,44 @@
+"""Text generation for evaluations: batched, seeded, the prompt conventions of :mod:`lens_memory.models`.
+
+Used for ROME's context prefixes, generation fluency and consistency, and steering evaluations.
+Prompts are encoded with :meth:`LensModel.encode` (BOS included) and left-padded into batches;
+sampling is top-k (``top_k=None`` means greedy) under a fixed seed, with the global RNG
+restored afterwards. Generation goes through the Hugging Face model whose blocks the
+TransformerLens bridge wraps, so hooks and applied edits act during generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["generate"]
+
+
+@torch.no_grad()
+def generate(lm: Any, prompts: Sequence[str], *, max_new_tokens: int = 50, top_k: int | None = 5, seed: int = 0,
+             batch_size: int = 8) -> list[str]:
+    """Continuations (prompt excluded) of each prompt, ``max_new_tokens`` tokens long."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    out: list[str] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for b in range(0, len(prompts), batch_size):
+            encs = [lm.encode(p) for p in prompts[b:b + batch_size]]
+            width = max(len(e) for e in encs)
+            ids = torch.full((len(encs), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, e in enumerate(encs):
+                ids[i, width - len(e):] = e
+                mask[i, width - len(e):] = 1
+            kwargs: dict[str, Any] = {"do_sample": top_k is not None, "max_new_tokens": max_new_tokens,
+                                      "min_new_tokens": max_new_tokens, "pad_token_id": pad}
+            if top_k is not None:
+                kwargs.update(top_k=top_k, top_p=1.0, temperature=1.0)
+            gen = lm.hf.generate(ids.to(lm.device), attention_mask=mask.to(lm.device), **kwargs)
+            out.extend(tok.decode(g[width:], skip_special_tokens=True) for g in gen)
+    return out

@@ -1,0 +1,57 @@
+"""Small helpers over TransformerLens hook points.
+
+:func:`capture` records activations by TL hook name and stops the forward pass as soon as
+every requested activation has been seen -- a forward pass "to the layer", with no later
+block, final norm or unembedding computed. It works for every architecture the bridge wraps,
+because it only relies on hooks firing in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["capture", "check_hook_names"]
+
+
+class _Done(Exception):
+    """Raised inside a hook to end a forward pass early."""
+
+
+def check_hook_names(lm: Any, names: Sequence[str]) -> None:
+    """Raise ``KeyError`` naming the first hook name the model does not have."""
+    known = lm.bridge.hook_dict
+    for n in names:
+        if n not in known:
+            raise KeyError(f"hook {n!r} does not exist on {lm.name} (e.g. 'blocks.0.hook_resid_post')")
+
+
+@torch.no_grad()
+def capture(lm: Any, ids: torch.Tensor, names: Sequence[str], *,
+            index: tuple[torch.Tensor, torch.Tensor] | None = None, early_stop: bool = True) -> dict[str, torch.Tensor]:
+    """Activations at ``names`` for the token batch ``ids`` ``[batch pos]``.
+
+    Args:
+        index: ``(rows, positions)`` to keep only those entries (result ``[n, d]``); else the
+            whole ``[batch pos d]`` activation is returned.
+        early_stop: end the pass once every name has fired (default).
+    """
+    names = list(dict.fromkeys(names))
+    check_hook_names(lm, names)
+    got: dict[str, torch.Tensor] = {}
+
+    def grab(x: torch.Tensor, hook: Any, name: str) -> None:
+        got[name] = (x[index[0], index[1]] if index is not None else x).detach().clone()
+        if early_stop and len(got) == len(names):
+            raise _Done
+
+    with lm.bridge.hooks(fwd_hooks=[(n, lambda x, hook, n=n: grab(x, hook, n)) for n in names]):
+        try:
+            lm.hf.base_model(input_ids=ids.to(lm.device))
+        except _Done:
+            pass
+    missing = [n for n in names if n not in got]
+    if missing:
+        raise KeyError(f"hooks {missing} did not fire during the forward pass of {lm.name}")
+    return got
