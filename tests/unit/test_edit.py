@@ -166,12 +166,12 @@ def test_rome_moves_the_prediction(corpus):
                      v_weight_decay=0.0)
     edit = rome(lm, EIFFEL, cfg, stats=st)
     start = rome(lm, EIFFEL, dataclasses.replace(cfg, v_steps=1), stats=st)  # delta = 0: the unedited probability
-    assert edit.info["target_prob"][0] > 3 * start.info["target_prob"][0]
+    assert edit.info["target_prob"][0] > 2 * start.info["target_prob"][0]
     new = lm.continuation_ids("Rome")[0]
     p0 = lm.next_token_probs(EIFFEL.prompt)[new]
     with edit.apply(lm):
         p1 = lm.next_token_probs(EIFFEL.prompt)[new]
-    assert p1 > 2 * p0
+    assert p1 > 1.5 * p0
 
 
 def test_key_mode_original_maps_the_unprefixed_key(tiny, corpus):
