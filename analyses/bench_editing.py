@@ -58,7 +58,8 @@ def main() -> None:
     rcfg = RomeConfig.for_model(lm)
     stats_cfg = rcfg.stats
     stats = key_statistics(lm, sorted({L, *layers}), stats_cfg)  # cached after the first run
-    need = max([args.rome_edits] + [int(x) for x in args.sizes.split(",")])
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    need = max([args.rome_edits] + sizes)
     facts = check_knowledge(lm, spread_facts([f for f in builtin_facts() if f.target_new])[: int(need * 1.3) + 5]
                             ).known_facts()[:need]
     t = time.perf_counter()
@@ -73,7 +74,7 @@ def main() -> None:
 
     out["memit"] = {}
     one_by_one = {int(x) for x in args.one_by_one_sizes.split(",") if x}
-    for n in [int(x) for x in args.sizes.split(",")]:
+    for n in sizes:
         rec = {}
         for mode, bf in (("batched", 16), ("one_by_one", 1)):
             if mode == "one_by_one" and n not in one_by_one:
