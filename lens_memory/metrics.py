@@ -55,7 +55,6 @@ def score_targets(lm: Any, prompts: Sequence[str], targets: Sequence[str], *, ba
         seqs.append(torch.cat([base, cont]))
         spans.append((len(base) - 1, cont))
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    cap = getattr(lm.hf.config, "final_logit_softcapping", None)
     n = len(seqs)
     mean_lp, tot_lp, top1 = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
     order = sorted(range(n), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
@@ -72,9 +71,7 @@ def score_targets(lm: Any, prompts: Sequence[str], targets: Sequence[str], *, ba
             rr += [r] * len(cont)
             pp += list(range(start, start + len(cont)))
             tt += cont.tolist()
-        logits = lm.hf.lm_head(h[torch.tensor(rr), torch.tensor(pp)])
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = lm.unembed(h[torch.tensor(rr), torch.tensor(pp)])
         lp = torch.log_softmax(logits.double(), -1)
         tok_lp = lp[torch.arange(len(tt)), torch.tensor(tt)]
         hit = lp.argmax(-1) == torch.tensor(tt)

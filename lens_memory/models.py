@@ -225,11 +225,13 @@ class LensModel:
         """Probabilities of the next token after ``prompt`` (logits at the last position only)."""
         ids = self.encode(prompt)[None].to(self.device)
         h = self.hf.base_model(input_ids=ids).last_hidden_state[:, -1]  # final norm included
-        logits = self.hf.lm_head(h)
+        return self.unembed(h).softmax(-1)[0]
+
+    def unembed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits of final-normalised hidden states: unembedding plus (if configured) logit soft-capping."""
+        logits = self.hf.lm_head(normed)
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits.softmax(-1)[0]
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def weights_hash(self) -> str:
         """SHA-256 of the current weights (changes when an edit is applied)."""

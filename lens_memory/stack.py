@@ -76,11 +76,9 @@ class DecoderStack:
         self.norm = base.norm
         self.embed_tokens = base.embed_tokens
         self.rotary = base.rotary_emb
-        self.lm_head = hf.lm_head
         self.n_layers = int(cfg.num_hidden_layers)
         self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers)
         self.window = getattr(cfg, "sliding_window", None)
-        self.softcap = getattr(cfg, "final_logit_softcapping", None)
         rot = getattr(self.rotary, "original_component", None) or self.rotary
         self._rotary_typed = "layer_type" in inspect.signature(rot.forward).parameters
         self._pe_cache: dict[tuple, Any] = {}
@@ -93,10 +91,7 @@ class DecoderStack:
 
     def logits(self, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         """Final norm, unembedding and (if configured) logit soft-capping of the given rows only."""
-        out = self.lm_head(self.norm(resid))
-        if self.softcap:
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
+        return self.lm.unembed(self.norm(resid))
 
     def _position_embeddings(self, h: torch.Tensor, pos0: int, q: int, layer_type: str):
         key = (pos0, q, layer_type, h.dtype, h.device)

@@ -174,10 +174,6 @@ class _Runner:
             return st.norm(st.run(self.h0[sel], self.start))
         return self.lm.hf.base_model(input_ids=self.ids[sel]).last_hidden_state
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.lm.hf.lm_head(x)
-        cap = getattr(self.lm.hf.config, "final_logit_softcapping", None)
-        return torch.tanh(out / cap) * cap if cap else out
 
 
 @dataclass
@@ -230,7 +226,7 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
             h = runner.normed(sel)
         tk = active[rows.owner[rows.tgt_row]]
         t_row = rows.tgt_row[tk]
-        logp_t = torch.log_softmax(runner.logits(h[local[t_row], rows.tgt_pos[tk]]).double(), -1)
+        logp_t = torch.log_softmax(lm.unembed(h[local[t_row], rows.tgt_pos[tk]]).double(), -1)
         tok_lp = logp_t.gather(1, rows.tgt_tok[tk][:, None]).squeeze(1)
         row_lp = torch.zeros(R, dtype=torch.float64).index_add(0, t_row, tok_lp) / n_tgt
         rw = sel[~rows.is_kl[sel]]
@@ -238,7 +234,7 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
         kl = torch.zeros(n, dtype=torch.float64)
         kr = sel[rows.is_kl[sel]]
         if len(kr):
-            kl_lp = torch.log_softmax(runner.logits(h[local[kr], rows.last[kr]]).double(), -1)
+            kl_lp = torch.log_softmax(lm.unembed(h[local[kr], rows.last[kr]]).double(), -1)
             for j, r in enumerate(kr.tolist()):
                 kl_init.setdefault(r, kl_lp[j].detach())
             ref = torch.stack([kl_init[r] for r in kr.tolist()])
