@@ -6,6 +6,7 @@ numbers) into ``--out``. User errors print one line (``lens-memory: error: ...``
 Subcommands:
   trace   causal tracing over a fact set (heatmaps, AIE, suggested edit layers)
   edit    ROME / MEMIT edits of known facts, evaluated CounterFact-style, the edited fact re-traced
+  steer   steering vectors (CAA, STA, LM-Steer) on a behaviour, evaluated over strengths
   models  list the offline models; ``--check-facts`` reports which facts a model knows
 """
 
@@ -68,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gen-tokens", type=int, default=50, help="tokens generated per fluency prompt")
     e.add_argument("--no-retrace", action="store_true", help="skip tracing the new fact on the edited model")
     e.add_argument("--seed", type=int, default=0)
+
+    st = sub.add_parser("steer", help="steering vectors: CAA, SAE-based STA, LM-Steer")
+    _common(st)
+    st.add_argument("--method", default="caa", choices=["caa", "sta", "lmsteer"])
+    st.add_argument("--behavior", default="sentiment", help="'sentiment', 'ocean', or a JSON/CSV file of pairs")
+    st.add_argument("--layer", type=int, default=None, help="steering layer (default: measured per model, 10 for gemma-3-270m; else the middle)")
+    st.add_argument("--strengths", default=None, help="comma list of multipliers (default per method)")
+    st.add_argument("--n-prompts", type=int, default=50, help="held-out prompts evaluated")
+    st.add_argument("--gen-tokens", type=int, default=30, help="tokens generated per prompt")
+    st.add_argument("--sae", default=None,
+                    help="SAE for STA/decomposition: 'train' (offline, cached; default for sta), a saved SAE "
+                         "directory, or RELEASE:SAE_ID (online)")
+    st.add_argument("--no-baseline", action="store_true", help="skip the prompting baseline")
+    st.add_argument("--quick", action="store_true", help="smaller SAE and LM-Steer training")
+    st.add_argument("--seed", type=int, default=0)
 
     m = sub.add_parser("models", help="list offline models; --check-facts reports known facts")
     _common(m)
@@ -218,6 +234,8 @@ def _cmd_edit(args) -> dict:
                "ci95": {k: s["post"][k + "_ci95"] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")},
                "pre": {k: s["pre"][k] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score",
                                                   "efficacy_accuracy", "paraphrase_accuracy", "neighborhood_accuracy")},
+               "neighborhood_prompts": ev.provenance.get("neighborhood_prompts"),
+               "neighborhood_excluded": ev.provenance.get("neighborhood_excluded"),
                "fluency_pre": s.get("fluency_pre"), "fluency_post": s.get("fluency_post"),
                "consistency_pre": s.get("consistency_pre"), "consistency_post": s.get("consistency_post"),
                "seconds_per_edit": seconds["edit"] / n_edits, "stats_seconds": seconds["stats"],
@@ -227,6 +245,22 @@ def _cmd_edit(args) -> dict:
                "model": lm.identity.to_dict(), "config": cfg.to_dict()}
     write_json(args.out / "summary.json", summary)
     return summary
+
+
+def _cmd_steer(args) -> dict:
+    from .models import load_model
+    from .steer.evaluate import SteerEvalConfig
+    from .steer.pipeline import DEFAULT_STRENGTHS, run_steering
+
+    try:
+        strengths = (tuple(float(x) for x in args.strengths.split(",")) if args.strengths
+                     else DEFAULT_STRENGTHS[args.method])
+    except ValueError:
+        raise ValueError(f"--strengths must be a comma list of numbers, got {args.strengths!r}") from None
+    cfg = SteerEvalConfig(strengths=strengths, n_prompts=args.n_prompts, gen_tokens=args.gen_tokens, seed=args.seed)
+    lm = load_model(args.model)
+    return run_steering(lm, args.method, args.behavior, args.out, layer=args.layer, eval_cfg=cfg, sae=args.sae,
+                        baseline=not args.no_baseline, quick=args.quick)
 
 
 def _cmd_models(args) -> dict:
@@ -261,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        summary = {"trace": _cmd_trace, "edit": _cmd_edit, "models": _cmd_models}[args.command](args)
+        summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
+                   "models": _cmd_models}[args.command](args)
     except (LensMemoryError, ValueError) as exc:
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
@@ -270,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     log.info("wrote %s", args.out / "summary.json")
     brief = {k: v for k, v in summary.items()
-                 if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus")}
+                 if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
+                              "eval_config", "interpretation", "decomposition")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

@@ -367,7 +367,7 @@ def model_samples(lm: Any, n_tokens: int = 16384, *, seed: int = 0, tokens_per_t
     import json
 
     from .embedded import cache_root
-    from .generate import generate
+    from .generation import generate
     from .io import atomic_path
 
     if not isinstance(n_tokens, int) or n_tokens < tokens_per_text:

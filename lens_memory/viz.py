@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_trace_heatmap", "plot_aie", "plot_edit_scores"]
+__all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_trace_heatmap", "plot_aie", "plot_edit_scores",
+           "plot_layer_sweep", "plot_steering_tradeoff", "plot_decomposition"]
 
 #: Okabe-Ito colour-blind-safe palette.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -136,4 +137,82 @@ def plot_edit_scores(evaluation, ax=None, title: str | None = None):
         prov = evaluation.provenance
         ax.set_title(title or f"{prov.get('method', 'edit').upper()} on {prov['model']['name']}, "
                               f"{s['n_facts']} facts, layers {prov.get('layers', '?')}")
+    return ax.figure
+
+
+def plot_layer_sweep(sweep, ax=None):
+    """CAA layer sweep: target-behaviour probability at +strength and -strength per layer."""
+    import matplotlib
+
+    with matplotlib.rc_context(paper_style()):
+        if ax is None:
+            ax = _figure(COLUMN_WIDTH, 2.0).add_subplot(1, 1, 1)
+        ax.plot(sweep.layers, sweep.prob_plus, "o-", color=PALETTE[0], ms=3, label=f"+{sweep.strength:g}")
+        ax.plot(sweep.layers, sweep.prob_minus, "o-", color=PALETTE[3], ms=3, label=f"-{sweep.strength:g}")
+        ax.axhline(sweep.prob_base, color=PALETTE[7], lw=0.8, ls="--", label="unsteered")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("P(target behaviour)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"CAA layer sweep, {sweep.behavior}")
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax.figure
+
+
+def plot_steering_tradeoff(evaluations, axes=None):
+    """Behaviour score (with 95% intervals) and perplexity of steered text vs strength, one line per method."""
+    import matplotlib
+
+    with matplotlib.rc_context(paper_style()):
+        if axes is None:
+            fig = _figure(2 * COLUMN_WIDTH, 2.0)
+            axes = fig.subplots(1, 3)
+        for i, ev in enumerate(evaluations):
+            c = PALETTE[i % len(PALETTE)]
+            df = ev.to_dataframe().sort_values("strength")
+            label = ev.method.upper() if ev.method != "prompting" else "prompting"
+            axes[0].errorbar(df.strength, df.behavior_score, yerr=[df.behavior_score - df.behavior_lo,
+                             df.behavior_hi - df.behavior_score], fmt="o-", ms=3, color=c, capsize=2, lw=1, label=label)
+            axes[1].plot(df.strength, df.perplexity, "o-", ms=3, color=c, lw=1, label=label)
+            axes[2].plot(df.perplexity, df.behavior_score, "o-", ms=3, color=c, lw=1, label=label)
+        axes[0].set_xlabel("strength")
+        axes[0].set_ylabel("behaviour score")
+        axes[1].set_xlabel("strength")
+        axes[1].set_ylabel("perplexity (unsteered model)")
+        axes[1].set_yscale("log")
+        axes[2].set_xlabel("perplexity")
+        axes[2].set_xscale("log")
+        axes[2].set_ylabel("behaviour score")
+        axes[2].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ev = evaluations[0]
+        axes[0].set_title(f"{ev.behavior}: score", fontsize=8)
+        axes[1].set_title("fluency", fontsize=8)
+        axes[2].set_title("trade-off", fontsize=8)
+        axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def plot_decomposition(dec, k: int = 10, ax=None):
+    """A direction's top SAE features: share of the squared norm each explains, labelled by top tokens."""
+    import matplotlib
+
+    k = min(k, len(dec.features))
+    with matplotlib.rc_context(paper_style()):
+        if ax is None:
+            fig = _figure(2 * COLUMN_WIDTH, 2.2)
+            ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+        else:
+            ax2 = None
+        y = np.arange(k)[::-1]
+        fr = np.array(dec.fractions[:k])
+        ax.barh(y, fr, color=[PALETTE[0] if c > 0 else PALETTE[3] for c in dec.coefficients[:k]])
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"#{f} {dec.label(f, 2)[:28]}" for f in dec.features[:k]], fontsize=6)
+        ax.set_xlabel("share of |v|²")
+        ax.set_title(f"{dec.name} in SAE features ({dec.hook})", fontsize=8)
+        if ax2 is not None:
+            ax2.plot(np.arange(1, len(dec.explained_curve) + 1), dec.explained_curve, "o-", ms=2, color=PALETTE[2])
+            ax2.set_xlabel("features (k)")
+            ax2.set_ylabel("explained share of |v|²")
+            ax2.set_ylim(0, 1)
+            ax2.figure.tight_layout()
     return ax.figure

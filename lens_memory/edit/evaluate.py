@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import LensMemoryError
 from ..facts import Fact
-from ..generate import generate
+from ..generation import generate
 from ..io import read_json, write_json
 from ..metrics import fact_scores, mean_ci, ngram_entropy, tfidf_similarity
 
@@ -123,6 +123,22 @@ def _generation_metrics(lm: Any, facts: Sequence[Fact], cfg: EvalConfig, referen
     return texts, ent, cons
 
 
+def _unedited_neighbours(facts: Sequence[Fact]) -> tuple[list[Fact], int]:
+    """Drop neighbourhood prompts about subjects that are themselves edited in the same batch.
+
+    Neighbourhood prompts test that *unedited* subjects keep their answer. When many facts are
+    edited together (MEMIT, sequential ROME), a fact's neighbours -- other subjects with the same
+    true object -- are often edited too, and their changed answers are the edit working, not leaking.
+    """
+    edited = [f.subject for f in facts]
+    out, dropped = [], 0
+    for f in facts:
+        keep = tuple(p for p in f.neighborhood if not any(s in p for s in edited))
+        dropped += len(f.neighborhood) - len(keep)
+        out.append(dataclasses.replace(f, neighborhood=keep))
+    return out, dropped
+
+
 def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any] | None, *,
                    per_fact: bool = False, config: EvalConfig | None = None,
                    provenance: dict[str, Any] | None = None) -> EditEvaluation:
@@ -130,7 +146,9 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
 
     Args:
         artifacts: one artifact, a list, or ``None`` (pre only: post = pre).
-        per_fact: artifact ``i`` belongs to fact ``i`` and is applied alone for it.
+        per_fact: artifact ``i`` belongs to fact ``i`` and is applied alone for it. Otherwise
+            all artifacts are applied together and neighbourhood prompts about any edited
+            subject are left out (their count is recorded as ``neighborhood_excluded``).
     """
     cfg = config or EvalConfig()
     facts = list(facts)
@@ -142,6 +160,9 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
     arts = [] if artifacts is None else (list(artifacts) if isinstance(artifacts, (list, tuple)) else [artifacts])
     if per_fact and len(arts) != len(facts):
         raise LensMemoryError(f"per_fact=True needs one artifact per fact: {len(arts)} artifacts, {len(facts)} facts")
+    excluded = 0
+    if not per_fact and len(facts) > 1:
+        facts, excluded = _unedited_neighbours(facts)
     pre = fact_scores(lm, facts)
     if per_fact:
         post = []
@@ -188,5 +209,6 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
                "consistency_post": float(np.mean(list(c_post.values()))) if c_post else None,
                "n_generation_facts": n_gen, "gen_tokens": cfg.gen_tokens}
     prov = {"model": lm.identity.to_dict(), "n_facts": len(facts), "n_artifacts": len(arts), "per_fact": per_fact,
+            "neighborhood_prompts": sum(len(f.neighborhood) for f in facts), "neighborhood_excluded": excluded,
             "eval_config": dataclasses.asdict(cfg), **(provenance or {})}
     return EditEvaluation(provenance=prov, rows=rows, generation=gen)

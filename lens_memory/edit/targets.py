@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 
 from ..errors import LensMemoryError
 from ..facts import Fact
-from ..generate import generate
+from ..generation import generate
 from ..hooks import capture
 
 __all__ = ["EditOptimisationError", "context_templates", "EditRows", "build_rows", "optimise_targets",

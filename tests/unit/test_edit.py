@@ -314,3 +314,16 @@ def test_diverging_optimisation_stops_with_weights_untouched(tiny, corpus):
     with pytest.raises(EditOptimisationError, match="diverged"):
         rome(tiny, EIFFEL, cfg, stats=_stats(tiny, [1], corpus)[1])
     assert _same_state(tiny, before)
+
+
+def test_batch_evaluation_leaves_out_neighbours_that_are_edited_too():
+    from lens_memory.edit.evaluate import _unedited_neighbours
+
+    a = Fact(subject="Lyon", template="{} is a city in the country of", target_true="France", target_new="Japan",
+             neighborhood=("Marseille is a city in the country of", "Nice is a city in the country of"))
+    b = Fact(subject="Marseille", template="{} is a city in the country of", target_true="France", target_new="Peru",
+             neighborhood=("Lyon is a city in the country of", "Lille is a city in the country of"))
+    kept, dropped = _unedited_neighbours([a, b])
+    assert dropped == 2
+    assert kept[0].neighborhood == ("Nice is a city in the country of",)
+    assert kept[1].neighborhood == ("Lille is a city in the country of",)

@@ -13,7 +13,24 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["generate"]
+__all__ = ["generate", "left_pad"]
+
+
+def left_pad(lm: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``prompts`` (BOS included) and left-pad them: ``(ids, attention_mask)``, each ``[batch pos]``.
+
+    Every prompt's last token lands in the last column.
+    """
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    encs = [lm.encode(p) for p in prompts]
+    width = max(len(e) for e in encs)
+    ids = torch.full((len(encs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(encs):
+        ids[i, width - len(e):] = e
+        mask[i, width - len(e):] = 1
+    return ids, mask
 
 
 @torch.no_grad()
@@ -28,13 +45,8 @@ def generate(lm: Any, prompts: Sequence[str], *, max_new_tokens: int = 50, top_k
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for b in range(0, len(prompts), batch_size):
-            encs = [lm.encode(p) for p in prompts[b:b + batch_size]]
-            width = max(len(e) for e in encs)
-            ids = torch.full((len(encs), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, e in enumerate(encs):
-                ids[i, width - len(e):] = e
-                mask[i, width - len(e):] = 1
+            ids, mask = left_pad(lm, prompts[b:b + batch_size])
+            width = ids.shape[1]
             kwargs: dict[str, Any] = {"do_sample": top_k is not None, "max_new_tokens": max_new_tokens,
                                       "min_new_tokens": max_new_tokens, "pad_token_id": pad}
             if top_k is not None:

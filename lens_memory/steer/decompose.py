@@ -1,0 +1,212 @@
+"""Decomposing a direction into sparse-autoencoder features.
+
+Any residual-stream direction -- a CAA or STA steering vector, or the change a ROME/MEMIT edit
+makes to the residual stream (:func:`edit_direction`) -- is written as a sparse combination of
+the SAE's decoder directions ``d_j = W_dec[j]`` by orthogonal matching pursuit (Pati et al. 1993):
+greedily add the decoder direction most correlated with the residual, then refit all chosen
+coefficients by least squares. For the ``k`` chosen features ``v = Σ_j c_j d_j + r`` with
+``r ⟂ d_j``, so each feature's share of the vector,
+
+    fraction_j = <c_j d_j, v> / |v|²,
+
+adds up with the residual's share ``|r|²/|v|²`` to exactly 1, and the top-k features explain
+``1 - |r_k|²/|v|²`` of the squared norm. Also reported: the cosine of ``v`` with every decoder
+column, per-feature activation differences between positive and negative examples (when contrast
+activations are given) and labels -- each feature's top-activating tokens with their contexts in
+a corpus (the offline corpus by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+
+from ..errors import LensMemoryError
+from ..io import load_tensors, read_json, save_tensors, write_json
+
+__all__ = ["Decomposition", "decompose", "matching_pursuit", "label_features", "edit_direction"]
+
+
+def _unwrap(sae: Any) -> Any:
+    return getattr(sae, "sae", sae)
+
+
+def matching_pursuit(v: Float[torch.Tensor, "d_model"], D: Float[torch.Tensor, "d_sae d_model"],
+                     k: int) -> tuple[list[int], torch.Tensor, list[float]]:
+    """Orthogonal matching pursuit: ``k`` atom indices, their least-squares coefficients and the
+    residual's relative squared norm after each step."""
+    v, D = v.double(), D.double()
+    Dn = D / D.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    chosen: list[int] = []
+    r = v.clone()
+    coef = torch.zeros(0, dtype=torch.float64)
+    curve = []
+    vv = float(v @ v)
+    for _ in range(min(k, D.shape[0])):
+        scores = (Dn @ r).abs()
+        if chosen:
+            scores[chosen] = -1
+        chosen.append(int(scores.argmax()))
+        A = D[chosen].T  # [d_model, k]
+        coef = torch.linalg.lstsq(A, v[:, None]).solution[:, 0]
+        r = v - A @ coef
+        curve.append(float(r @ r) / vv if vv > 0 else 0.0)
+    return chosen, coef, curve
+
+
+@dataclass
+class Decomposition:
+    """A direction in SAE features (see the module docstring)."""
+
+    name: str
+    hook: str
+    norm: float
+    features: list[int]
+    coefficients: list[float]
+    fractions: list[float]
+    residual_fraction: float
+    explained_curve: list[float]  # explained fraction of |v|² after 1..k features
+    cosines: Float[torch.Tensor, "d_sae"]
+    activation_diff: list[float] | None = None  # per chosen feature: mean pos - mean neg activation
+    labels: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def explained(self, k: int | None = None) -> float:
+        """Fraction of the squared norm explained by the first ``k`` features (all chosen by default)."""
+        k = len(self.features) if k is None else k
+        return self.explained_curve[k - 1] if k else 0.0
+
+    def top_cosines(self, k: int = 10) -> list[tuple[int, float]]:
+        idx = torch.topk(self.cosines.abs(), k).indices
+        return [(int(i), float(self.cosines[i])) for i in idx]
+
+    def label(self, feature: int, n: int = 3) -> str:
+        rows = self.labels.get(feature, [])[:n]
+        return ", ".join(repr(r["token"]) for r in rows) if rows else ""
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame({"feature": self.features, "coefficient": self.coefficients, "fraction": self.fractions,
+                             "cosine": [float(self.cosines[f]) for f in self.features],
+                             "activation_diff": self.activation_diff or [float("nan")] * len(self.features),
+                             "label": [self.label(f) for f in self.features]})
+
+    def plot(self, k: int = 10):
+        from ..viz import plot_decomposition
+
+        return plot_decomposition(self, k=k)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        save_tensors(path / "cosines.safetensors", {"cosines": self.cosines})
+        d = asdict(self)
+        d.pop("cosines")
+        write_json(path / "decomposition.json", {"format": "lens_memory.decomposition/1", **d})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Decomposition":
+        path = Path(path)
+        d = read_json(path / "decomposition.json")
+        if d.pop("format", None) != "lens_memory.decomposition/1":
+            raise LensMemoryError(f"{path} is not a saved decomposition")
+        d["labels"] = {int(k): v for k, v in d.get("labels", {}).items()}
+        return cls(cosines=load_tensors(path / "cosines.safetensors")["cosines"], **d)
+
+
+@torch.no_grad()
+def label_features(lm: Any, sae: Any, hook: str, features: Sequence[int], *, corpus: Any = "offline",
+                   n_tokens: int = 16384, top: int = 5, context: int = 8, seq_len: int = 64) -> dict[int, list[dict]]:
+    """Top-activating tokens (with ``context`` tokens before them) of ``features`` in a corpus sample."""
+    from ..corpus import load_corpus, token_blocks
+    from ..hooks import capture
+
+    s = _unwrap(sae)
+    feats = torch.tensor(list(features), dtype=torch.long)
+    corp = load_corpus(corpus, max_texts=2000) if isinstance(corpus, str) else corpus
+    all_ids, all_f = [], []
+    for ids in token_blocks(lm, corp, n_tokens, seq_len=seq_len, batch_size=32):
+        acts = capture(lm, ids, [hook])[hook]
+        f = s.encode(acts.to(s.W_dec.dtype))[..., feats].float()  # [batch pos k]
+        f[:, 0] = -float("inf")  # never the BOS position
+        all_ids.append(ids)
+        all_f.append(f)
+    ids_all, f_all = torch.cat(all_ids), torch.cat(all_f)  # [rows pos], [rows pos k]
+    width = ids_all.shape[1]
+    out: dict[int, list[dict]] = {}
+    for i, feat in enumerate(feats.tolist()):
+        vals, idx = torch.topk(f_all[..., i].reshape(-1), min(top, f_all[..., i].numel()))
+        out[feat] = []
+        for v, t in zip(vals.tolist(), idx.tolist()):
+            if v <= 0:
+                break
+            r, p = divmod(t, width)
+            out[feat].append({"activation": v, "token": lm.decode(int(ids_all[r, p])),
+                              "context": lm.decode(ids_all[r, max(1, p - context):p + 1].tolist())})
+    return out
+
+
+def decompose(direction: Any, sae: Any, *, k: int = 20, name: str = "", hook: str | None = None, lm: Any = None,
+              contrast: Any = None, label: bool = False, label_tokens: int = 16384) -> Decomposition:
+    """Decompose ``direction`` (a tensor ``[d_model]`` or a one-layer steering vector) into SAE features.
+
+    Args:
+        k: features chosen by matching pursuit.
+        contrast: :class:`~lens_memory.steer.activations.ContrastActivations` at the SAE's hook,
+            for per-feature activation differences.
+        label: label the chosen features by their top-activating corpus tokens (needs ``lm``).
+    """
+    s = _unwrap(sae)
+    if hasattr(direction, "vectors"):
+        if len(direction.vectors) != 1:
+            raise LensMemoryError(f"decompose one layer at a time; vector has layers {direction.layers}")
+        layer = direction.layers[0]
+        hook = hook or direction.hook_name(layer)
+        name = name or f"{direction.method}:{direction.behavior}"
+        v = direction.vectors[layer]
+    else:
+        v = torch.as_tensor(direction)
+    D = s.W_dec.detach().double()
+    if v.shape != (D.shape[1],):
+        raise LensMemoryError(f"direction has shape {tuple(v.shape)}, the SAE decodes to d_in={D.shape[1]}")
+    if not torch.isfinite(v).all() or float(v.norm()) == 0:
+        raise LensMemoryError(f"cannot decompose a zero or non-finite direction ({name or 'unnamed'})")
+    v = v.double()
+    feats, coef, curve = matching_pursuit(v, D, k)
+    vv = float(v @ v)
+    fractions = [float(c * (D[f] @ v)) / vv for f, c in zip(feats, coef)]
+    cos = (D @ v) / (D.norm(dim=1).clamp_min(1e-12) * v.norm())
+    act_diff = None
+    if contrast is not None:
+        from .sta import feature_differences
+
+        act_diff = feature_differences(s, contrast).amplitude[feats].tolist()
+    labels = label_features(lm, s, hook, feats, n_tokens=label_tokens) if (label and lm is not None and hook) else {}
+    prov = {"sae_d_sae": int(D.shape[0]), "k": k}
+    if lm is not None:
+        prov["model"] = lm.identity.to_dict()
+    return Decomposition(name=name, hook=hook or "", norm=float(v.norm()), features=feats,
+                         coefficients=coef.tolist(), fractions=fractions, residual_fraction=curve[-1],
+                         explained_curve=[1 - c for c in curve], cosines=cos.float(), activation_diff=act_diff,
+                         labels=labels, provenance=prov)
+
+
+@torch.no_grad()
+def edit_direction(lm: Any, edit: Any, hook: str, prompt: str, subject: str) -> Float[torch.Tensor, "d_model"]:
+    """What a weight edit changes in the residual stream at ``hook``, at the subject's last token of ``prompt``.
+
+    Exact for any architecture: the activation with the edit applied minus without it.
+    """
+    from ..hooks import capture
+
+    ids = lm.encode(prompt)[None]
+    pos = lm.subject_range(prompt, subject)[1] - 1
+    before = capture(lm, ids, [hook])[hook][0, pos].double()
+    with edit.apply(lm):
+        after = capture(lm, ids, [hook])[hook][0, pos].double()
+    return (after - before).float()

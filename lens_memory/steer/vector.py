@@ -1,0 +1,195 @@
+"""Steering vectors as artifacts: directions added to the residual stream, reversibly.
+
+A :class:`SteeringVector` holds one direction per layer (``blocks.L.hook_resid_post`` by
+default), how it was fitted (method, behaviour, positions, config) and the model it was fitted
+on. Nothing changes the model until it is applied::
+
+    vec = caa(model, behavior, CAAConfig(layers=(6,)))
+    with vec.apply(model, strength=4.0):            # x <- x + 4 * v at the hook
+        generate(model, prompts)
+    # hooks removed here, also after an exception: outputs are bit-identical to before
+
+Applying registers a forward hook on the TransformerLens hook point, so it acts in every
+entry point (bridge, Hugging Face ``generate``, :class:`~lens_memory.stack.DecoderStack`).
+No weight is touched, so removing the hook restores the model exactly.
+
+Positions (``positions=``):
+
+* ``"after_prompt"`` (default) -- the prompt's last token and every generated token: in a
+  multi-token forward pass (a prompt, or a prefill) only the last position is steered; in a
+  one-token step of cached generation that token is. This is CAA's "positions after the
+  instruction" for completion prompts, and makes next-token probabilities at the prompt's end
+  respond to the vector.
+* ``"all"`` -- every position (ActAdd-style), used e.g. for side effects on neutral text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+from ..errors import ArtifactMismatchError, LensMemoryError
+from ..io import load_tensors, read_json, save_tensors, write_json
+from ..models import ModelIdentity
+
+__all__ = ["SteeringVector", "SteeringHandle", "HookAddition", "SteeringNaNError", "POSITION_MODES"]
+
+log = logging.getLogger(__name__)
+
+POSITION_MODES = ("after_prompt", "all")
+FORMAT = "lens_memory.steering_vector/1"
+
+
+class SteeringNaNError(LensMemoryError, FloatingPointError):
+    """A steered activation became NaN or infinite (the strength is too large)."""
+
+
+class HookAddition:
+    """Forward hooks that add ``strength * v`` at TL hook points; ``remove()`` detaches them all."""
+
+    def __init__(self, lm: Any, additions: dict[str, torch.Tensor], strength: float, positions: str):
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
+        if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not torch.isfinite(
+                torch.tensor(float(strength))):
+            raise ValueError(f"strength must be a finite number, got {strength!r}")
+        self.strength, self.positions = float(strength), positions
+        self._handles = []
+        hook_dict = lm.bridge.hook_dict
+        for name in additions:
+            if name not in hook_dict:
+                raise KeyError(f"hook {name!r} does not exist on {lm.name}")
+        for name, v in additions.items():
+            vec = (self.strength * v.double()).to(dtype=lm.hf.dtype if hasattr(lm.hf, "dtype") else torch.float32,
+                                                  device=lm.device)
+            self._handles.append(hook_dict[name].register_forward_hook(self._make(name, vec)))
+
+    def _make(self, name: str, vec: torch.Tensor):
+        strength, positions = self.strength, self.positions
+
+        def hook(module: Any, inputs: Any, out: torch.Tensor) -> torch.Tensor:
+            if positions == "all" or out.shape[1] == 1:
+                res = out + vec.to(out.dtype)
+            else:
+                res = out.clone()
+                res[:, -1] = res[:, -1] + vec.to(out.dtype)
+            if not torch.isfinite(res).all():
+                raise SteeringNaNError(f"steering at {name!r} with strength {strength!r} produced NaN/inf activations")
+            return res
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@dataclass
+class SteeringVector:
+    """Per-layer directions to add to the residual stream.
+
+    Attributes:
+        method: ``"caa"`` or ``"sta"`` (or any user label).
+        vectors: layer -> direction ``[d_model]`` (float32; the unit of ``strength``).
+        behavior: the behaviour it was fitted on.
+        hook_template: TL hook name with ``{layer}``.
+        config: the fitting config (as a dict).
+        model: identity of the model it was fitted on.
+        info: provenance (pairs, positions, seconds, norms, selected features ...).
+    """
+
+    method: str
+    vectors: dict[int, Float[torch.Tensor, "d_model"]]
+    behavior: str
+    hook_template: str = "blocks.{layer}.hook_resid_post"
+    config: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.vectors)
+
+    def hook_name(self, layer: int) -> str:
+        return self.hook_template.format(layer=layer)
+
+    def norm(self, layer: int | None = None) -> float:
+        layer = self.layers[0] if layer is None else layer
+        return float(self.vectors[layer].double().norm())
+
+    def __repr__(self) -> str:
+        norms = ", ".join(f"L{l}: |v|={self.norm(l):.3g}" for l in self.layers)
+        return f"SteeringVector({self.method}, {self.behavior!r}, {norms})"
+
+    def check(self, lm: Any) -> None:
+        """Refuse a model other than the one this vector was fitted on (name and weights)."""
+        if self.model:
+            mine = ModelIdentity.from_dict(self.model)
+            if not mine.same_model(lm.identity):
+                raise ArtifactMismatchError(
+                    f"steering vector was fitted on {mine.name!r} (weights {mine.weight_hash[:12]}), "
+                    f"not on {lm.name!r} (weights {lm.identity.weight_hash[:12]})")
+        for layer, v in self.vectors.items():
+            lm.check_layer(layer)
+            if v.shape != (lm.d_model,):
+                raise ArtifactMismatchError(f"layer {layer} vector has shape {tuple(v.shape)}, model d_model is {lm.d_model}")
+
+    def apply(self, lm: Any, strength: float = 1.0, positions: str = "after_prompt") -> "SteeringHandle":
+        """Add ``strength * v`` at each layer's hook; a context manager, or call ``.remove()``."""
+        self.check(lm)
+        return SteeringHandle(self, HookAddition(lm, {self.hook_name(l): v for l, v in self.vectors.items()},
+                                                 strength, positions))
+
+    def scaled(self, factor: float) -> "SteeringVector":
+        return SteeringVector(self.method, {l: v * factor for l, v in self.vectors.items()}, self.behavior,
+                              self.hook_template, dict(self.config), dict(self.model), dict(self.info))
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        save_tensors(path / "vectors.safetensors", {f"layer{l}": v for l, v in self.vectors.items()})
+        write_json(path / "steering_vector.json", {
+            "format": FORMAT, "method": self.method, "behavior": self.behavior, "layers": self.layers,
+            "hook_template": self.hook_template, "config": self.config, "model": self.model, "info": self.info})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SteeringVector":
+        path = Path(path)
+        meta_p, t_p = path / "steering_vector.json", path / "vectors.safetensors"
+        if not meta_p.exists() or not t_p.exists():
+            raise ArtifactMismatchError(f"{path} is not a saved steering vector (needs {meta_p.name} and {t_p.name})")
+        meta = read_json(meta_p)
+        if meta.get("format") != FORMAT:
+            raise ArtifactMismatchError(f"{meta_p} has format {meta.get('format')!r}, not {FORMAT!r}")
+        try:
+            t = load_tensors(t_p)
+        except Exception as exc:
+            raise ArtifactMismatchError(f"{t_p} is unreadable ({exc})") from None
+        return cls(meta["method"], {int(l): t[f"layer{l}"] for l in meta["layers"]}, meta["behavior"],
+                   meta["hook_template"], meta["config"], meta["model"], meta.get("info", {}))
+
+
+class SteeringHandle:
+    """An applied steering vector; ``remove()`` (or leaving the ``with`` block) detaches its hooks."""
+
+    def __init__(self, vector: Any, addition: Any):
+        self.vector, self._addition = vector, addition
+        self.active = True
+
+    def remove(self) -> None:
+        if self.active:
+            self._addition.remove()
+            self.active = False
+
+    def __enter__(self) -> "SteeringHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
