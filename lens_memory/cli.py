@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--method", default="caa", choices=["caa", "sta", "lmsteer"])
     st.add_argument("--behavior", default="sentiment", help="'sentiment', 'ocean', or a JSON/CSV file of pairs")
     st.add_argument("--layer", type=int, default=None, help="steering layer (default: measured per model, 10 for gemma-3-270m; else the middle)")
-    st.add_argument("--strengths", default=None, help="comma list of multipliers (default per method)")
+    st.add_argument("--strengths", default=None, help="comma list of multipliers, written --strengths=-3,-1,0,1,3 (default per method)")
     st.add_argument("--n-prompts", type=int, default=50, help="held-out prompts evaluated")
     st.add_argument("--gen-tokens", type=int, default=30, help="tokens generated per prompt")
     st.add_argument("--sae", default=None,

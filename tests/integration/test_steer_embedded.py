@@ -30,7 +30,7 @@ def test_steer_cli_writes_summary(gemma, tmp_path):
     from lens_memory.cli import main
 
     rc = main(["steer", "--method", "caa", "--behavior", "sentiment", "--out", str(tmp_path), "--n-prompts", "8",
-               "--gen-tokens", "12", "--strengths", "-2,2", "--no-baseline"])
+               "--gen-tokens", "12", "--strengths=-2,2", "--no-baseline"])
     assert rc == 0
     s = json.loads((tmp_path / "summary.json").read_text())
     for key in ("method", "layer", "behavior_score", "fluency", "target_prob", "kl_neutral"):
