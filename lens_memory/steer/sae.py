@@ -123,8 +123,11 @@ def _hook_layer(hook: str) -> int:
 class SAETrainConfig:
     """How an SAE is trained by :func:`train_sae` (validated on construction).
 
-    Defaults are for Gemma 3 270M (``d_model`` 640) at a middle layer on 2 CPU cores (see the
-    README for what they measure); the tiny test model needs far smaller values.
+    Defaults are for Gemma 3 270M (``d_model`` 640) at layer 6 on 2 CPU cores; the tiny test
+    model needs far smaller values. Measured once (layer 6, offline corpus, CPU shared with other
+    jobs): 297,688 training activations, 290 steps; held-out (8,192 tokens) explained variance
+    0.94, L0 32, 49% of features silent on those tokens (36% dead in the last 50 training steps):
+    the dead fraction is the weak point of so short a run. Loss recovered was not measured yet.
 
     Attributes:
         layer: block whose output the SAE reads (checked against the model at training time).
