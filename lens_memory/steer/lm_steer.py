@@ -31,7 +31,7 @@ from ..io import load_tensors, read_json, save_tensors, write_json
 from ..models import ModelIdentity
 from .activations import encode_pair_side
 from .behaviors import Behavior, load_behavior
-from .vector import SteeringNaNError
+from .vector import SteeringHandle, SteeringNaNError
 
 __all__ = ["LMSteerConfig", "LMSteer", "lm_steer", "HOOK"]
 
@@ -77,22 +77,6 @@ class LMSteerConfig:
         return asdict(self)
 
 
-class _Handle:
-    def __init__(self, handle: Any):
-        self._h, self.active = handle, True
-
-    def remove(self) -> None:
-        if self.active:
-            self._h.remove()
-            self.active = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-
 @dataclass
 class LMSteer:
     """A trained LM-Steer map ``W = P Qᵀ``; ``apply(lm, strength)`` sets ``h -> h + strength * (h P) Qᵀ``."""
@@ -116,7 +100,7 @@ class LMSteer:
         if self.P.shape[0] != lm.d_model:
             raise ArtifactMismatchError(f"LM-Steer map has d_model {self.P.shape[0]}, {lm.name} has {lm.d_model}")
 
-    def apply(self, lm: Any, strength: float = 1.0, positions: str = "all") -> _Handle:
+    def apply(self, lm: Any, strength: float = 1.0, positions: str = "all") -> SteeringHandle:
         """Transform the unembedding input at every position (the map acts on the output embeddings)."""
         self.check(lm)
         if not isinstance(strength, (int, float)) or strength != strength or abs(strength) == float("inf"):
@@ -129,7 +113,7 @@ class LMSteer:
                 raise SteeringNaNError(f"LM-Steer with strength {strength!r} produced NaN/inf hidden states")
             return res
 
-        return _Handle(lm.bridge.hook_dict[self.hook].register_forward_hook(hook))
+        return SteeringHandle(self, lm.bridge.hook_dict[self.hook].register_forward_hook(hook))
 
     def matrix(self) -> Float[torch.Tensor, "d_model d_model"]:
         """``W`` acting on output embeddings (``e -> e + ε W e``); the hidden-state map is its transpose."""
