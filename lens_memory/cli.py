@@ -7,6 +7,8 @@ Subcommands:
   trace   causal tracing over a fact set (heatmaps, AIE, suggested edit layers)
   edit    ROME / MEMIT edits of known facts, evaluated CounterFact-style, the edited fact re-traced
   steer   steering vectors (CAA, STA, LM-Steer) on a behaviour, evaluated over strengths
+  memory  counterfactual facts as RAG text, dense and sparse KV memories: exactness, knowledge,
+          attention, cost
   models  list the offline models; ``--check-facts`` reports which facts a model knows
 """
 
@@ -84,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-baseline", action="store_true", help="skip the prompting baseline")
     st.add_argument("--quick", action="store_true", help="smaller SAE and LM-Steer training")
     st.add_argument("--seed", type=int, default=0)
+
+    mm = sub.add_parser("memory", help="KV memories (Memory3) vs RAG on counterfactual facts")
+    _common(mm)
+    _facts_args(mm)
+    mm.add_argument("--top-k", type=int, default=8, help="tokens kept per head and reference in the sparse memory")
+    mm.add_argument("--layers", default="all", help="layers carrying memory: 'all', 'first_half' or a comma list")
+    mm.add_argument("--position", default="stacked", choices=["stacked", "parallel"], help="memory position layout")
+    mm.add_argument("--attention-facts", type=int, default=10, help="facts whose attention is analysed")
+    mm.add_argument("--cost-facts", type=int, default=5, help="facts timed for prefill / decode cost")
+    mm.add_argument("--fluency-facts", type=int, default=5, help="facts whose generations are scored")
+    mm.add_argument("--gen-tokens", type=int, default=30, help="tokens generated per fluency prompt")
+    mm.add_argument("--include-unknown", action="store_true",
+                    help="use facts whether or not the model knows them (default: known facts only)")
+    mm.add_argument("--seed", type=int, default=0)
 
     m = sub.add_parser("models", help="list offline models; --check-facts reports known facts")
     _common(m)
@@ -263,6 +279,29 @@ def _cmd_steer(args) -> dict:
                         baseline=not args.no_baseline, quick=args.quick)
 
 
+def _cmd_memory(args) -> dict:
+    from .facts import load_facts
+    from .memory.pipeline import run_memory
+    from .models import load_model
+
+    layers = args.layers
+    if layers not in ("all", "first_half"):
+        try:
+            layers = tuple(int(x) for x in layers.split(","))
+        except ValueError:
+            raise ValueError(f"--layers must be 'all', 'first_half' or a comma list of ints, got {args.layers!r}") from None
+    lm = load_model(args.model)
+    if args.include_unknown:
+        from .facts import spread_facts
+
+        facts = [f for f in spread_facts(load_facts(args.facts)) if f.target_new][:args.limit]
+    else:
+        facts = _known_sample(lm, load_facts(args.facts), args.limit)
+    return run_memory(lm, facts, args.out, top_k=args.top_k, layers=layers, position=args.position,
+                      n_attention=args.attention_facts, n_cost=args.cost_facts, fluency_facts=args.fluency_facts,
+                      gen_tokens=args.gen_tokens, seed=args.seed)
+
+
 def _cmd_models(args) -> dict:
     from .facts import check_knowledge, load_facts
     from .io import write_json
@@ -296,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
-                   "models": _cmd_models}[args.command](args)
+                   "memory": _cmd_memory, "models": _cmd_models}[args.command](args)
     except (LensMemoryError, ValueError) as exc:
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
@@ -306,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %s", args.out / "summary.json")
     brief = {k: v for k, v in summary.items()
                  if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
-                              "eval_config", "interpretation", "decomposition")}
+                              "eval_config", "interpretation", "decomposition", "memory_config",
+                               "attention_reference_by_layer", "cost", "knowledge")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

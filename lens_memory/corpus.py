@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import functools
 import logging
 import os
 import re
@@ -204,7 +205,32 @@ def _metadata_docs() -> Iterator[str]:
         yield dists[name].metadata["Description"] or ""
 
 
+@functools.lru_cache(maxsize=1)
+def _offline_texts_cached() -> tuple[str, ...]:
+    return tuple(_offline_texts())
+
+
 def _offline_texts() -> list[str]:
+    """The offline corpus, collected in a fresh interpreter.
+
+    Which attributes a module has depends on what the process imported before (lazy attributes,
+    submodules), so collecting in the calling process would make the corpus -- and every cache
+    keyed on its hash -- depend on import order. A child interpreter sees the same state every time.
+    """
+    import json
+    import subprocess
+    import sys
+
+    code = "import json, sys; from lens_memory.corpus import _collect_offline_texts; json.dump(_collect_offline_texts(), sys.stdout)"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+        return json.loads(out.stdout)
+    except (subprocess.SubprocessError, OSError, ValueError) as exc:  # pragma: no cover - fall back in-process
+        log.warning("collecting the offline corpus in a child interpreter failed (%s); collecting in-process", exc)
+        return _collect_offline_texts()
+
+
+def _collect_offline_texts() -> list[str]:
     texts, seen = [], set()
     for doc in (*_stdlib_docs(), *_pydoc_topics(), *_metadata_docs()):
         text = _clean_prose(doc) if isinstance(doc, str) else ""
@@ -270,7 +296,7 @@ def load_corpus(spec: str | os.PathLike | Sequence[str] | Corpus = "offline", *,
         return _load_path(os.fspath(spec), Path(spec), max_texts)
     if isinstance(spec, str):
         if spec == "offline":
-            texts = _offline_texts()
+            texts = list(_offline_texts_cached())
             return _make("offline", texts, "offline English prose (Python standard-library docstrings and "
                          "help topics, installed packages' descriptions)", max_texts)
         if spec.startswith("hf:"):

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_trace_heatmap", "plot_aie", "plot_edit_scores",
-           "plot_layer_sweep", "plot_steering_tradeoff", "plot_decomposition"]
+           "plot_layer_sweep", "plot_steering_tradeoff", "plot_decomposition",
+           "plot_attention_conditions", "plot_attention_layers", "plot_condition_bars"]
 
 #: Okabe-Ito colour-blind-safe palette.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -216,3 +217,75 @@ def plot_decomposition(dec, k: int = 10, ax=None):
             ax2.set_ylim(0, 1)
             ax2.figure.tight_layout()
     return ax.figure
+
+
+_MASS_LABEL = {"reference": "attention on reference", "sink": "attention on first token (sink)",
+               "query": "attention on query's own tokens", "entropy": "attention entropy (nats)",
+               "js_vs_none": "JS divergence from no context"}
+
+
+def plot_attention_conditions(comparison, metric: str = "reference"):
+    """Layer x head heatmaps of ``metric``, one per condition (no context, RAG, KV memories)."""
+    import matplotlib
+
+    vals = comparison.values[metric]  # [condition layer head]
+    n_c = len(comparison.conditions)
+    vmax = float(np.nanmax(vals)) if np.isfinite(vals).any() else 1.0
+    with matplotlib.rc_context(paper_style()):
+        fig = _figure(min(2 * COLUMN_WIDTH, 1.5 * n_c + 0.8), 2.6)
+        axes = fig.subplots(1, n_c, sharey=True, squeeze=False)[0]
+        im = None
+        for ax, c, v in zip(axes, comparison.conditions, vals):
+            im = ax.imshow(v, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax, origin="lower", interpolation="nearest")
+            ax.set_title(c)
+            ax.set_xlabel("head")
+            ax.set_xticks(range(v.shape[1]))
+        axes[0].set_ylabel("layer")
+        fig.colorbar(im, ax=list(axes), shrink=0.85, label=_MASS_LABEL.get(metric, metric))
+    return fig
+
+
+def plot_attention_layers(comparison, metrics: tuple[str, ...] = ("reference", "sink", "query", "js_vs_none")):
+    """Per layer (mean over heads): each metric as a line per condition."""
+    import matplotlib
+
+    with matplotlib.rc_context(paper_style()):
+        fig = _figure(2 * COLUMN_WIDTH, 1.9)
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        for ax, m in zip(axes, metrics):
+            for i, c in enumerate(comparison.conditions):
+                ax.plot(comparison.values[m][i].mean(-1), marker="o", ms=2, lw=1, label=c, color=PALETTE[i % len(PALETTE)])
+            ax.set_xlabel("layer")
+            ax.set_title(_MASS_LABEL.get(m, m), fontsize=7)
+        axes[0].legend(frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_condition_bars(table: dict[str, dict[str, float]], metrics: tuple[str, ...], title: str | None = None,
+                        ylabel: str = "", errors: dict[str, dict[str, tuple[float, float]]] | None = None):
+    """Grouped bars: one group per metric, one bar per condition (``table[condition][metric]``)."""
+    import matplotlib
+
+    conds = list(table)
+    width = 0.8 / max(1, len(conds))
+    with matplotlib.rc_context(paper_style()):
+        fig = _figure(COLUMN_WIDTH, 2.0)
+        ax = fig.add_subplot(1, 1, 1)
+        x = np.arange(len(metrics))
+        for i, c in enumerate(conds):
+            vals = [table[c].get(m, np.nan) for m in metrics]
+            yerr = None
+            if errors and c in errors:
+                lo_hi = [errors[c].get(m, (v, v)) for m, v in zip(metrics, vals)]
+                yerr = np.array([[max(0.0, v - lo) for v, (lo, _) in zip(vals, lo_hi)],
+                                 [max(0.0, hi - v) for v, (_, hi) in zip(vals, lo_hi)]])
+            ax.bar(x + (i - (len(conds) - 1) / 2) * width, vals, width, label=c, color=PALETTE[i % len(PALETTE)],
+                   yerr=yerr, capsize=1.5, error_kw={"lw": 0.6})
+        ax.set_xticks(x)
+        ax.set_xticklabels(metrics)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.legend(frameon=False, ncol=min(4, len(conds)), fontsize=6)
+    return fig

@@ -1,0 +1,14 @@
+"""Key-value memories (Memory3-style) attached to attention, and how they change attention.
+
+Modules: :mod:`.bank` (encode, sparsify, save), :mod:`.attach` (the reversible attention hooks),
+:mod:`.attention` (attention to memory vs context), :mod:`.evaluate` (exactness, cost),
+:mod:`.pipeline` (``lens-memory memory``).
+"""
+
+from .attention import AttentionComparison, AttentionProfile, attention_profile, compare_attention
+from .bank import EmptyReferenceError, MemoryBank, MemoryConfig, encode_memory, kv_bytes_per_token, tokenizer_fingerprint
+from .evaluate import exactness_check, measure_cost
+
+__all__ = ["MemoryBank", "MemoryConfig", "encode_memory", "kv_bytes_per_token", "tokenizer_fingerprint",
+           "EmptyReferenceError", "AttentionComparison", "AttentionProfile", "attention_profile", "compare_attention",
+           "exactness_check", "measure_cost"]

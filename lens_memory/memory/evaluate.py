@@ -1,0 +1,85 @@
+"""What a KV memory costs and whether it is exact: timing, bytes, and the prefix-equivalence check.
+
+* :func:`exactness_check` -- a causal model's keys and values of a text prefix are exactly what
+  a dense memory of that text stores, so a one-reference dense memory attached at every layer
+  (``position="stacked"``) must give the logits of ``reference + query`` read as one text. Returns the
+  largest absolute logit difference over the query's tokens.
+* :func:`measure_cost` -- per condition (any artifact with ``apply(lm)``, or ``None``): prefill
+  milliseconds (a forward pass over the prompt producing the first token), decode milliseconds
+  per further token (cached greedy generation), and the context tokens the model reads.
+
+Knowledge effects (efficacy, paraphrase, neighbourhood with the memory attached) use the same
+:func:`~lens_memory.edit.evaluate.evaluate_edits` as the weight edits, one artifact per fact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import LensMemoryError
+from .bank import MemoryConfig, encode_memory
+
+__all__ = ["exactness_check", "measure_cost"]
+
+
+@torch.no_grad()
+def exactness_check(lm: Any, reference: str, query: str) -> float:
+    """Max |logit difference| between ``reference`` as a dense all-layer memory and as a text prefix."""
+    bank = encode_memory(lm, [reference], MemoryConfig(layers="all", top_k=None, position="stacked"))
+    r_ids, q_ids = lm.encode(reference), lm.encode(query)
+    if len(q_ids) < 2:
+        raise LensMemoryError(f"query {query!r} has no token after BOS")
+    full = torch.cat([r_ids, q_ids[1:]])[None].to(lm.device)
+    st = lm.stack
+    text = st.logits(st.run(st.embed(full))[0, len(r_ids):])
+    with bank.apply(lm):
+        mem = st.logits(st.run(st.embed(q_ids[None].to(lm.device)))[0, 1:])
+    return float((text.double() - mem.double()).abs().max())
+
+
+@torch.no_grad()
+def _generate_seconds(lm: Any, ids: torch.Tensor, n_new: int) -> float:
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    t0 = time.perf_counter()
+    lm.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, min_new_tokens=n_new,
+                   do_sample=False, pad_token_id=pad)
+    return time.perf_counter() - t0
+
+
+def measure_cost(lm: Any, prompts: Sequence[str], artifacts: Sequence[Any] | None = None, *, new_tokens: int = 16,
+                 repeats: int = 1) -> dict[str, float]:
+    """Median prefill ms, decode ms/token and context tokens of ``prompts`` (prompt ``i`` with ``artifacts[i]``).
+
+    The first call warms up (not counted). ``artifacts[i]`` may be ``None`` (the plain model).
+    """
+    if not prompts:
+        raise LensMemoryError("measure_cost needs at least one prompt")
+    if new_tokens < 2:
+        raise LensMemoryError(f"new_tokens must be >= 2, got {new_tokens!r}")
+    arts = list(artifacts) if artifacts is not None else [None] * len(prompts)
+    if len(arts) != len(prompts):
+        raise LensMemoryError(f"{len(arts)} artifacts for {len(prompts)} prompts")
+    prefill, decode, ctx_tokens, attach = [], [], [], []
+    for i, (p, a) in enumerate(zip(prompts, arts)):
+        t0 = time.perf_counter()
+        handle = a.apply(lm) if a is not None else contextlib.nullcontext()
+        attach.append(time.perf_counter() - t0)
+        with handle:
+            ids = lm.encode(p)[None].to(lm.device)
+            if i == 0:
+                _generate_seconds(lm, ids, 2)  # warm-up
+            for _ in range(repeats):
+                t1 = _generate_seconds(lm, ids, 1)
+                tn = _generate_seconds(lm, ids, new_tokens)
+                prefill.append(t1)
+                decode.append(max(tn - t1, 0.0) / (new_tokens - 1))
+            ctx_tokens.append(int(ids.shape[1]))
+    return {"prefill_ms": 1000 * statistics.median(prefill), "decode_ms_per_token": 1000 * statistics.median(decode),
+            "context_tokens": statistics.mean(ctx_tokens), "attach_ms": 1000 * statistics.median(attach),
+            "n_prompts": len(prompts), "new_tokens": new_tokens}
