@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--cost-facts", type=int, default=5, help="facts timed for prefill / decode cost")
     mm.add_argument("--fluency-facts", type=int, default=5, help="facts whose generations are scored")
     mm.add_argument("--gen-tokens", type=int, default=30, help="tokens generated per fluency prompt")
+    mm.add_argument("--no-sweep", action="store_true", help="skip the sweep over which layers carry the memory")
     mm.add_argument("--include-unknown", action="store_true",
                     help="use facts whether or not the model knows them (default: known facts only)")
     mm.add_argument("--seed", type=int, default=0)
@@ -299,7 +300,7 @@ def _cmd_memory(args) -> dict:
         facts = _known_sample(lm, load_facts(args.facts), args.limit)
     return run_memory(lm, facts, args.out, top_k=args.top_k, layers=layers, position=args.position,
                       n_attention=args.attention_facts, n_cost=args.cost_facts, fluency_facts=args.fluency_facts,
-                      gen_tokens=args.gen_tokens, seed=args.seed)
+                      gen_tokens=args.gen_tokens, seed=args.seed, sweep=not args.no_sweep)
 
 
 def _cmd_models(args) -> dict:
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     brief = {k: v for k, v in summary.items()
                  if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
                               "eval_config", "interpretation", "decomposition", "memory_config",
-                               "attention_reference_by_layer", "cost", "knowledge")}
+                               "attention_reference_by_layer", "cost", "knowledge", "layer_sweep")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

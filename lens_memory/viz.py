@@ -241,6 +241,9 @@ def plot_attention_conditions(comparison, metric: str = "reference"):
             ax.set_xlabel("head")
             ax.set_xticks(range(v.shape[1]))
         axes[0].set_ylabel("layer")
+        n_l = vals.shape[1]
+        step = max(1, n_l // 9)
+        axes[0].set_yticks(range(0, n_l, step))
         fig.colorbar(im, ax=list(axes), shrink=0.85, label=_MASS_LABEL.get(metric, metric))
     return fig
 
@@ -257,8 +260,9 @@ def plot_attention_layers(comparison, metrics: tuple[str, ...] = ("reference", "
                 ax.plot(comparison.values[m][i].mean(-1), marker="o", ms=2, lw=1, label=c, color=PALETTE[i % len(PALETTE)])
             ax.set_xlabel("layer")
             ax.set_title(_MASS_LABEL.get(m, m), fontsize=7)
-        axes[0].legend(frameon=False)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, frameon=False, loc="center right")
     return fig
 
 

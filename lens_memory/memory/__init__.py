@@ -7,8 +7,8 @@ Modules: :mod:`.bank` (encode, sparsify, save), :mod:`.attach` (the reversible a
 
 from .attention import AttentionComparison, AttentionProfile, attention_profile, compare_attention
 from .bank import EmptyReferenceError, MemoryBank, MemoryConfig, encode_memory, kv_bytes_per_token, tokenizer_fingerprint
-from .evaluate import exactness_check, measure_cost
+from .evaluate import MemoryLayerSweep, exactness_check, measure_cost, memory_layer_sweep
 
 __all__ = ["MemoryBank", "MemoryConfig", "encode_memory", "kv_bytes_per_token", "tokenizer_fingerprint",
            "EmptyReferenceError", "AttentionComparison", "AttentionProfile", "attention_profile", "compare_attention",
-           "exactness_check", "measure_cost"]
+           "exactness_check", "measure_cost", "memory_layer_sweep", "MemoryLayerSweep"]

@@ -4,6 +4,7 @@
   a dense memory of that text stores, so a one-reference dense memory attached at every layer
   (``position="stacked"``) must give the logits of ``reference + query`` read as one text. Returns the
   largest absolute logit difference over the query's tokens.
+* :func:`memory_layer_sweep` -- which layers must carry a fact's memory for the model to use it.
 * :func:`measure_cost` -- per condition (any artifact with ``apply(lm)``, or ``None``): prefill
   milliseconds (a forward pass over the prompt producing the first token), decode milliseconds
   per further token (cached greedy generation), and the context tokens the model reads.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -24,7 +27,7 @@ import torch
 from ..errors import LensMemoryError
 from .bank import MemoryConfig, encode_memory
 
-__all__ = ["exactness_check", "measure_cost"]
+__all__ = ["exactness_check", "measure_cost", "memory_layer_sweep", "MemoryLayerSweep"]
 
 
 @torch.no_grad()
@@ -83,3 +86,74 @@ def measure_cost(lm: Any, prompts: Sequence[str], artifacts: Sequence[Any] | Non
     return {"prefill_ms": 1000 * statistics.median(prefill), "decode_ms_per_token": 1000 * statistics.median(decode),
             "context_tokens": statistics.mean(ctx_tokens), "attach_ms": 1000 * statistics.median(attach),
             "n_prompts": len(prompts), "new_tokens": new_tokens}
+
+
+@dataclass
+class MemoryLayerSweep:
+    """Knowledge effect of a memory attached at different layer sets (same facts, same references).
+
+    ``rows``: one dict per (layer set, top_k) with efficacy / paraphrase / neighbourhood success.
+    """
+
+    rows: list[dict[str, Any]]
+    provenance: dict[str, Any]
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def plot(self):
+        from .. import viz
+
+        table = {f"{r['layers']} k={r['top_k'] or 'all'}": {m: r[m] for m in ("efficacy", "paraphrase", "neighborhood")}
+                 for r in self.rows}
+        return viz.plot_condition_bars(table, ("efficacy", "paraphrase", "neighborhood"), ylabel="success rate",
+                                       title="memory at different layers")
+
+    def save(self, path: str | Path) -> Path:
+        from ..io import write_json
+
+        return write_json(Path(path) / "layer_sweep.json", {"format": "lens_memory.memory_layer_sweep/1",
+                                                             "rows": self.rows, "provenance": self.provenance})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MemoryLayerSweep":
+        from ..io import read_json
+
+        d = read_json(Path(path) / "layer_sweep.json")
+        if d.get("format") != "lens_memory.memory_layer_sweep/1":
+            raise LensMemoryError(f"{path} does not hold a saved memory layer sweep")
+        return cls(d["rows"], d["provenance"])
+
+
+def memory_layer_sweep(lm: Any, facts: Sequence[Any], layer_sets: Sequence[Sequence[int] | str],
+                       top_ks: Sequence[int | None] = (None,), *, progress: bool = False) -> MemoryLayerSweep:
+    """Which layers must carry a fact's memory? Efficacy, paraphrase and neighbourhood per layer set.
+
+    Each fact's counterfactual reference (:func:`~lens_memory.rag.fact_documents`) is encoded once per
+    layer set, attached alone while that fact is scored (as :func:`~lens_memory.edit.evaluate.evaluate_edits`
+    with ``per_fact=True``), dense and at each ``top_k``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..edit.evaluate import EvalConfig, evaluate_edits
+    from ..rag import fact_documents
+
+    docs = fact_documents(facts)
+    rows = []
+    for layers in tqdm(list(layer_sets), desc="memory layer sweep", disable=not progress):
+        spec = layers if isinstance(layers, str) else tuple(int(l) for l in layers)
+        dense = encode_memory(lm, docs, MemoryConfig(layers=spec))
+        label = spec if isinstance(spec, str) else (f"{spec[0]}-{spec[-1]}" if list(spec) == list(range(spec[0], spec[-1] + 1))
+                                                    else ",".join(map(str, spec)))
+        for k in top_ks:
+            bank = dense if k is None else dense.sparsify(k)
+            ev = evaluate_edits(lm, facts, [bank.subset([i]) for i, _ in docs], per_fact=True,
+                                config=EvalConfig(fluency_facts=0))
+            s = ev.summary()["post"]
+            rows.append({"layers": label, "layer_list": dense.layers, "top_k": k,
+                         **{m: s[f"{m}_score"] for m in ("efficacy", "paraphrase", "neighborhood")},
+                         "memory_bytes": bank.nbytes()})
+    return MemoryLayerSweep(rows, {"model": lm.identity.to_dict(), "n_facts": len(facts),
+                                   "layer_sets": [r["layers"] for r in rows], "top_ks": list(top_ks)})

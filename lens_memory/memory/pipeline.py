@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, top_k: int = 8,
                layers: str | tuple[int, ...] = "all", position: str = "stacked", n_attention: int = 10,
                n_cost: int = 5, fluency_facts: int = 5, gen_tokens: int = 30, seed: int = 0,
-               progress: bool = True) -> dict[str, Any]:
+               sweep: bool = True, progress: bool = True) -> dict[str, Any]:
     """Compare RAG, dense and sparse KV memories of ``facts`` (each needs ``target_new``); write to ``out``."""
     from .. import viz
     from ..edit.evaluate import EvalConfig, evaluate_edits
@@ -32,7 +32,7 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
     from ..rag import ContextArtifact, build_fact_store, fact_documents, get_retriever, retrieval_recall
     from .attention import compare_attention
     from .bank import MemoryConfig, encode_memory, kv_bytes_per_token
-    from .evaluate import exactness_check, measure_cost
+    from .evaluate import exactness_check, measure_cost, memory_layer_sweep
 
     facts = list(facts)
     if not facts:
@@ -105,6 +105,17 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
     for k in ("efficacy", "paraphrase", "neighborhood"):
         summary[k] = {c: v[k] for c, v in knowledge.items()}
 
+    # -- which layers must carry the memory ---------------------------------------------------
+    layer_sweep = None
+    if sweep:
+        t = time.time()
+        n = lm.n_layers
+        sets = [tuple(range(0, n // 2)), tuple(range(n // 2, n)), tuple(range(0, (2 * n) // 3 + 1)), "all"]
+        layer_sweep = memory_layer_sweep(lm, facts, sets, top_ks=(None, top_k), progress=progress)
+        summary["layer_sweep"] = [{k: r[k] for k in ("layers", "top_k", "efficacy", "paraphrase", "neighborhood")}
+                                  for r in layer_sweep.rows]
+        seconds["layer_sweep"] = time.time() - t
+
     # -- attention ------------------------------------------------------------------------------
     t = time.time()
     n_att = min(n_attention, len(facts))
@@ -144,6 +155,9 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
         for name, ev in evals.items():
             ev.save(out / f"knowledge_{name}")
         att.save(out / "attention")
+        if layer_sweep is not None:
+            layer_sweep.save(out / "layer_sweep")
+            viz.save_figure(layer_sweep.plot(), out / "figures" / "layer_sweep")
         att.to_dataframe().to_csv(out / "attention.csv", index=False)
         figs = out / "figures"
         viz.save_figure(att.plot("reference"), figs / "attention_reference_heatmap")

@@ -84,6 +84,10 @@ class Behavior:
     def __repr__(self) -> str:
         return f"Behavior({self.name!r}, {len(self.train)} pairs, {len(self.eval_prompts)} eval prompts)"
 
+    def texts(self) -> list[str]:
+        """Every training example as text (prompt + positive, prompt + negative), e.g. to label SAE features."""
+        return [p.prompt + c for p in self.train for c in (p.positive, p.negative)]
+
     def split(self, n_train: int | None = None) -> "Behavior":
         """A copy with only the first ``n_train`` pairs (for quick runs)."""
         if n_train is None:

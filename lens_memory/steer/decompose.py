@@ -128,7 +128,7 @@ def label_features(lm: Any, sae: Any, hook: str, features: Sequence[int], *, cor
 
     s = _unwrap(sae)
     feats = torch.tensor(list(features), dtype=torch.long)
-    corp = load_corpus(corpus, max_texts=2000) if isinstance(corpus, str) else corpus
+    corp = corpus if hasattr(corpus, "texts") else load_corpus(corpus, max_texts=2000)
     all_ids, all_f = [], []
     for ids in token_blocks(lm, corp, n_tokens, seq_len=seq_len, batch_size=32):
         acts = capture(lm, ids, [hook])[hook]
@@ -152,7 +152,8 @@ def label_features(lm: Any, sae: Any, hook: str, features: Sequence[int], *, cor
 
 
 def decompose(direction: Any, sae: Any, *, k: int = 20, name: str = "", hook: str | None = None, lm: Any = None,
-              contrast: Any = None, label: bool = False, label_tokens: int = 16384) -> Decomposition:
+              contrast: Any = None, label: bool = False, label_tokens: int = 16384,
+              label_corpus: Any = "offline") -> Decomposition:
     """Decompose ``direction`` (a tensor ``[d_model]`` or a one-layer steering vector) into SAE features.
 
     Args:
@@ -160,6 +161,8 @@ def decompose(direction: Any, sae: Any, *, k: int = 20, name: str = "", hook: st
         contrast: :class:`~lens_memory.steer.activations.ContrastActivations` at the SAE's hook,
             for per-feature activation differences.
         label: label the chosen features by their top-activating corpus tokens (needs ``lm``).
+        label_corpus: where labels come from: ``"offline"`` (documentation prose), any corpus spec, or
+            a list of texts (e.g. the behaviour's own examples, :meth:`Behavior.texts`).
     """
     s = _unwrap(sae)
     if hasattr(direction, "vectors"):
@@ -186,8 +189,10 @@ def decompose(direction: Any, sae: Any, *, k: int = 20, name: str = "", hook: st
         from .sta import feature_differences
 
         act_diff = feature_differences(s, contrast).amplitude[feats].tolist()
-    labels = label_features(lm, s, hook, feats, n_tokens=label_tokens) if (label and lm is not None and hook) else {}
-    prov = {"sae_d_sae": int(D.shape[0]), "k": k}
+    labels = (label_features(lm, s, hook, feats, corpus=label_corpus, n_tokens=label_tokens)
+              if (label and lm is not None and hook) else {})
+    prov = {"sae_d_sae": int(D.shape[0]), "k": k,
+            "label_corpus": label_corpus if isinstance(label_corpus, str) else f"{len(label_corpus)} texts"}
     if lm is not None:
         prov["model"] = lm.identity.to_dict()
     return Decomposition(name=name, hook=hook or "", norm=float(v.norm()), features=feats,

@@ -112,13 +112,20 @@ def run_steering(lm: Any, method: str, behavior: str, out: str | Path | None = N
     if trained_sae is not None and method in ("caa", "sta"):
         from .decompose import decompose
 
-        decomposition = decompose(artifact, trained_sae, k=decompose_k, lm=lm, label=True,
-                                  label_tokens=4096 if quick else 16384)
+        from .activations import contrast_activations
+
+        hook = resid_hook(layer)
+        contrast = contrast_activations(lm, b.train, [hook])[hook]
+        # labels from the behaviour's own examples: the offline documentation corpus has little sentiment in it
+        decomposition = decompose(artifact, trained_sae, k=decompose_k, lm=lm, contrast=contrast, label=True,
+                                  label_tokens=4096 if quick else 16384, label_corpus=b.texts())
         summary["decomposition"] = {"explained_top5": decomposition.explained(min(5, decompose_k)),
                                     "explained_top20": decomposition.explained(min(20, decompose_k)),
-                                    "top_features": [{"feature": f, "fraction": fr, "label": decomposition.label(f)}
-                                                     for f, fr in list(zip(decomposition.features,
-                                                                           decomposition.fractions))[:10]]}
+                                    "top_features": [{"feature": f, "fraction": fr, "label": decomposition.label(f),
+                                                      "activation_diff": (decomposition.activation_diff[i]
+                                                                          if decomposition.activation_diff else None)}
+                                                     for i, (f, fr) in enumerate(list(zip(decomposition.features,
+                                                                                          decomposition.fractions))[:10])]}
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     summary["model"] = lm.identity.to_dict()
     summary["eval_config"] = eval_cfg.to_dict()

@@ -270,3 +270,17 @@ def test_memory_cli_on_the_tiny_model(tmp_path):
     for fig in ("attention_reference_heatmap", "attention_by_layer", "knowledge", "cost"):
         assert (out / "figures" / f"{fig}.png").exists() and (out / "figures" / f"{fig}.pdf").exists()
     assert MemoryBank.load(out / "memory_sparse").config.top_k == 8
+
+
+def test_memory_layer_sweep_rows_and_round_trip(tiny, tmp_path):
+    from lens_memory.facts import builtin_facts, spread_facts
+    from lens_memory.memory import MemoryLayerSweep, memory_layer_sweep
+
+    facts = [f for f in spread_facts(builtin_facts()) if f.target_new][:2]
+    sw = memory_layer_sweep(tiny, facts, [(0, 1), "all"], top_ks=(None, 2))
+    df = sw.to_dataframe()
+    assert list(df["layers"]) == ["0-1", "0-1", "all", "all"] and list(df["top_k"].fillna(0)) == [0, 2, 0, 2]
+    assert df["memory_bytes"].iloc[1] < df["memory_bytes"].iloc[0] < df["memory_bytes"].iloc[2]
+    assert ((df[["efficacy", "paraphrase", "neighborhood"]] >= 0) & (df[["efficacy", "paraphrase", "neighborhood"]] <= 1)).all().all()
+    sw.save(tmp_path)
+    assert MemoryLayerSweep.load(tmp_path).rows == sw.rows
