@@ -10,6 +10,7 @@ Subcommands:
   memory  counterfactual facts as RAG text, dense and sparse KV memories: exactness, knowledge,
           attention, cost
   models  list the offline models; ``--check-facts`` reports which facts a model knows
+  report  the main job: every mechanism on the same facts, one HTML + Markdown report (cached, resumable)
 """
 
 from __future__ import annotations
@@ -102,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use facts whether or not the model knows them (default: known facts only)")
     mm.add_argument("--seed", type=int, default=0)
 
+    rp = sub.add_parser("report", help="every memory mechanism on the same facts: one HTML + Markdown report")
+    _common(rp)
+    rp.add_argument("--facts", default="builtin", help="'builtin', or a known-facts / CounterFact JSON path or URL")
+    rp.add_argument("--quick", action="store_true", help="a short run (6 facts, small steering evaluation)")
+    rp.add_argument("--n-facts", type=int, default=None, help="counterfactual facts compared (default 16, quick 6)")
+    rp.add_argument("--stages", default=None, help="comma list of stages to run (default: all)")
+    rp.add_argument("--force", action="store_true", help="rerun finished stages instead of reusing them")
+    rp.add_argument("--include-unknown", action="store_true",
+                    help="use facts whether or not the model knows them (default: known facts only)")
+    rp.add_argument("--seed", type=int, default=0)
+
     m = sub.add_parser("models", help="list offline models; --check-facts reports known facts")
     _common(m)
     _facts_args(m)
@@ -136,25 +148,6 @@ def _cmd_trace(args) -> dict:
     return summary
 
 
-def _known_sample(lm, facts, n: int | None):
-    """The first ``n`` facts (spread over relations) that the model knows and that have a new target."""
-    from .facts import check_knowledge, spread_facts
-
-    pool = [f for f in spread_facts(facts) if f.target_new]
-    want = len(pool) if n is None else n
-    out = []
-    for s in range(0, len(pool), max(8, 2 * want)):
-        k = check_knowledge(lm, pool[s:s + max(8, 2 * want)])
-        out += k.known_facts()
-        if len(out) >= want:
-            break
-    if not out:
-        from .errors import NoKnownFactsError
-
-        raise NoKnownFactsError(f"{lm.name} knows none of the {len(pool)} facts with a new target")
-    return out[:want]
-
-
 def _cmd_edit(args) -> dict:
     import dataclasses
 
@@ -163,7 +156,7 @@ def _cmd_edit(args) -> dict:
                        key_statistics, memit, rome)
     from .edit.memit import default_layers
     from .edit.rome import default_layer
-    from .facts import load_facts
+    from .facts import load_facts, sample_known_facts
     from .io import write_json
     from .models import load_model
     from .trace import TraceConfig, trace_facts
@@ -172,7 +165,7 @@ def _cmd_edit(args) -> dict:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     lm = load_model(args.model)
-    facts = _known_sample(lm, load_facts(args.facts), args.limit)
+    facts = sample_known_facts(lm, load_facts(args.facts), args.limit)
     seconds: dict[str, float] = {}
     t = time.time()
     suggestion = None
@@ -281,7 +274,7 @@ def _cmd_steer(args) -> dict:
 
 
 def _cmd_memory(args) -> dict:
-    from .facts import load_facts
+    from .facts import load_facts, sample_known_facts
     from .memory.pipeline import run_memory
     from .models import load_model
 
@@ -297,10 +290,21 @@ def _cmd_memory(args) -> dict:
 
         facts = [f for f in spread_facts(load_facts(args.facts)) if f.target_new][:args.limit]
     else:
-        facts = _known_sample(lm, load_facts(args.facts), args.limit)
+        facts = sample_known_facts(lm, load_facts(args.facts), args.limit)
     return run_memory(lm, facts, args.out, top_k=args.top_k, layers=layers, position=args.position,
                       n_attention=args.attention_facts, n_cost=args.cost_facts, fluency_facts=args.fluency_facts,
                       gen_tokens=args.gen_tokens, seed=args.seed, sweep=not args.no_sweep)
+
+
+def _cmd_report(args) -> dict:
+    from .report.pipeline import STAGES, ReportConfig, run_report
+
+    over = {"model": args.model, "facts": args.facts, "seed": args.seed, "known_only": not args.include_unknown}
+    if args.n_facts is not None:
+        over["n_facts"] = args.n_facts
+    cfg = ReportConfig.quick_config(**over) if args.quick else ReportConfig(**over)
+    stages = tuple(args.stages.split(",")) if args.stages else STAGES
+    return run_report(args.out, cfg, force=args.force, stages=stages)
 
 
 def _cmd_models(args) -> dict:
@@ -336,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
-                   "memory": _cmd_memory, "models": _cmd_models}[args.command](args)
+                   "memory": _cmd_memory, "models": _cmd_models,
+                   "report": _cmd_report}[args.command](args)
     except (LensMemoryError, ValueError) as exc:
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
@@ -347,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     brief = {k: v for k, v in summary.items()
                  if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
                               "eval_config", "interpretation", "decomposition", "memory_config",
-                               "attention_reference_by_layer", "cost", "knowledge", "layer_sweep")}
+                               "attention_reference_by_layer", "cost", "knowledge", "layer_sweep",
+                              "headline", "steering")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

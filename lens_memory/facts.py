@@ -41,6 +41,7 @@ __all__ = [
     "load_known_facts",
     "load_counterfact",
     "load_facts",
+    "sample_known_facts",
     "facts_from_records",
     "check_knowledge",
     "KnowledgeResult",
@@ -362,3 +363,25 @@ def check_knowledge(lm: Any, facts: Sequence[Fact], batch_size: int = 32) -> Kno
                 known[i] = int(i_top[row]) == t0
     return KnowledgeResult(model=lm.identity.to_dict(), facts=list(facts), top1=top1, top1_prob=top1_p,
                            target_prob=tgt_p, known=known)
+
+
+def sample_known_facts(lm: Any, facts: Sequence[Fact], n: int | None) -> list[Fact]:
+    """The first ``n`` facts (spread over relations) that ``lm`` knows and that have a new target.
+
+    Knowledge is checked in chunks, so only as many facts are scored as needed.
+    """
+    from .errors import NoKnownFactsError
+
+    if n is not None and n < 1:
+        raise LensMemoryError(f"the number of facts must be >= 1, got {n}")
+    pool = [f for f in spread_facts(facts) if f.target_new]
+    want = len(pool) if n is None else n
+    out: list[Fact] = []
+    step = max(8, 2 * want)
+    for s in range(0, len(pool), step):
+        out += check_knowledge(lm, pool[s:s + step]).known_facts()
+        if len(out) >= want:
+            break
+    if not out:
+        raise NoKnownFactsError(f"{lm.name} knows none of the {len(pool)} facts with a new target")
+    return out[:want]

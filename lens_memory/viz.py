@@ -267,14 +267,19 @@ def plot_attention_layers(comparison, metrics: tuple[str, ...] = ("reference", "
 
 
 def plot_condition_bars(table: dict[str, dict[str, float]], metrics: tuple[str, ...], title: str | None = None,
-                        ylabel: str = "", errors: dict[str, dict[str, tuple[float, float]]] | None = None):
-    """Grouped bars: one group per metric, one bar per condition (``table[condition][metric]``)."""
+                        ylabel: str = "", errors: dict[str, dict[str, tuple[float, float]]] | None = None,
+                        bounds: tuple[float, float] | None = None):
+    """Grouped bars: one group per metric, one bar per condition (``table[condition][metric]``).
+
+    ``bounds``: clip error bars to this range (e.g. ``(0, 1)`` for success rates). The legend sits
+    to the right of the axes, so it never covers a bar.
+    """
     import matplotlib
 
     conds = list(table)
     width = 0.8 / max(1, len(conds))
     with matplotlib.rc_context(paper_style()):
-        fig = _figure(COLUMN_WIDTH, 2.0)
+        fig = _figure(COLUMN_WIDTH * (1.35 if len(conds) > 4 else 1.0), 2.0)
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(metrics))
         for i, c in enumerate(conds):
@@ -282,6 +287,8 @@ def plot_condition_bars(table: dict[str, dict[str, float]], metrics: tuple[str, 
             yerr = None
             if errors and c in errors:
                 lo_hi = [errors[c].get(m, (v, v)) for m, v in zip(metrics, vals)]
+                if bounds is not None:
+                    lo_hi = [(max(lo, bounds[0]), min(hi, bounds[1])) for lo, hi in lo_hi]
                 yerr = np.array([[max(0.0, v - lo) for v, (lo, _) in zip(vals, lo_hi)],
                                  [max(0.0, hi - v) for v, (_, hi) in zip(vals, lo_hi)]])
             ax.bar(x + (i - (len(conds) - 1) / 2) * width, vals, width, label=c, color=PALETTE[i % len(PALETTE)],
@@ -291,5 +298,5 @@ def plot_condition_bars(table: dict[str, dict[str, float]], metrics: tuple[str, 
         ax.set_ylabel(ylabel)
         if title:
             ax.set_title(title)
-        ax.legend(frameon=False, ncol=min(4, len(conds)), fontsize=6)
+        ax.legend(frameon=False, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig

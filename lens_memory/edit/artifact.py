@@ -111,6 +111,10 @@ class Edit:
         u, v = self.factors[layer]
         return u.double() if v is None else u.double() @ v.double().T
 
+    def nbytes(self) -> int:
+        """Bytes of the stored factors (``U``, ``V``; or the dense ``ΔW``)."""
+        return int(sum(u.nbytes + (0 if v is None else v.nbytes) for u, v in self.factors.values()))
+
     def rank(self, layer: int) -> int:
         u, v = self.factors[layer]
         return int(torch.linalg.matrix_rank(u.double())) if v is None else u.shape[1]

@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, top_k: int = 8,
                layers: str | tuple[int, ...] = "all", position: str = "stacked", n_attention: int = 10,
                n_cost: int = 5, fluency_facts: int = 5, gen_tokens: int = 30, seed: int = 0,
-               sweep: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Compare RAG, dense and sparse KV memories of ``facts`` (each needs ``target_new``); write to ``out``."""
+               sweep: bool = True, knowledge: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Compare RAG, dense and sparse KV memories of ``facts`` (each needs ``target_new``); write to ``out``.
+
+    ``knowledge=False`` skips the efficacy / paraphrase / neighbourhood evaluation (the report runs
+    it for every mechanism at once with :func:`~lens_memory.compare.compare_mechanisms`).
+    """
     from .. import viz
     from ..edit.evaluate import EvalConfig, evaluate_edits
     from ..io import write_json
@@ -86,24 +90,25 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
     # -- knowledge effect (per fact: its own reference present, also for the neighbourhood prompts) --
     cfg = EvalConfig(fluency_facts=min(fluency_facts, len(facts)), gen_tokens=gen_tokens, seed=seed)
     evals = {}
-    knowledge: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, float]] = {}
     cis: dict[str, dict[str, tuple[float, float]]] = {}
-    for name, arts in conditions.items():
+    for name, arts in (conditions.items() if knowledge else ()):
         t = time.time()
         ev = evaluate_edits(lm, facts, arts, per_fact=True, config=cfg, provenance={"method": name, "condition": name})
         seconds[f"knowledge_{name}"] = time.time() - t
         evals[name] = ev
         s = ev.summary()
-        if "none" not in knowledge:
-            knowledge["none"] = {k: s["pre"][f"{k}_score"] for k in ("efficacy", "paraphrase", "neighborhood")}
+        if "none" not in scores:
+            scores["none"] = {k: s["pre"][f"{k}_score"] for k in ("efficacy", "paraphrase", "neighborhood")}
             cis["none"] = {k: tuple(s["pre"][f"{k}_score_ci95"]) for k in ("efficacy", "paraphrase", "neighborhood")}
-            knowledge["none"]["fluency"] = ev.generation.get("fluency_pre")
-        knowledge[name] = {k: s["post"][f"{k}_score"] for k in ("efficacy", "paraphrase", "neighborhood")}
+            scores["none"]["fluency"] = ev.generation.get("fluency_pre")
+        scores[name] = {k: s["post"][f"{k}_score"] for k in ("efficacy", "paraphrase", "neighborhood")}
         cis[name] = {k: tuple(s["post"][f"{k}_score_ci95"]) for k in ("efficacy", "paraphrase", "neighborhood")}
-        knowledge[name]["fluency"] = ev.generation.get("fluency_post")
-    summary["knowledge"] = knowledge
-    for k in ("efficacy", "paraphrase", "neighborhood"):
-        summary[k] = {c: v[k] for c, v in knowledge.items()}
+        scores[name]["fluency"] = ev.generation.get("fluency_post")
+    if knowledge:
+        summary["knowledge"] = scores
+        for k in ("efficacy", "paraphrase", "neighborhood"):
+            summary[k] = {c: v[k] for c, v in scores.items()}
 
     # -- which layers must carry the memory ---------------------------------------------------
     layer_sweep = None
@@ -163,11 +168,12 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
         viz.save_figure(att.plot("reference"), figs / "attention_reference_heatmap")
         viz.save_figure(att.plot("js_vs_none"), figs / "attention_divergence_heatmap")
         viz.save_figure(viz.plot_attention_layers(att), figs / "attention_by_layer")
-        viz.save_figure(viz.plot_condition_bars({c: {k: v[k] for k in ("efficacy", "paraphrase", "neighborhood")}
-                                                 for c, v in knowledge.items()},
-                                                ("efficacy", "paraphrase", "neighborhood"),
-                                                title=f"{lm.name}: {len(facts)} counterfactual facts",
-                                                ylabel="success rate", errors=cis), figs / "knowledge")
+        if knowledge:
+            viz.save_figure(viz.plot_condition_bars({c: {k: v[k] for k in ("efficacy", "paraphrase", "neighborhood")}
+                                                     for c, v in scores.items()},
+                                                    ("efficacy", "paraphrase", "neighborhood"),
+                                                    title=f"{lm.name}: {len(facts)} counterfactual facts",
+                                                    ylabel="success rate", errors=cis, bounds=(0.0, 1.0)), figs / "knowledge")
         viz.save_figure(viz.plot_condition_bars({c: {"prefill ms": v["prefill_ms"], "decode ms/token": v["decode_ms_per_token"]}
                                                  for c, v in cost.items()}, ("prefill ms", "decode ms/token"),
                                                 title="cost per query", ylabel="milliseconds"), figs / "cost")

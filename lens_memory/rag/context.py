@@ -51,6 +51,10 @@ class ContextArtifact:
         return len(lm.tokenizer(self.prompt(q), add_special_tokens=False)["input_ids"]) - \
             len(lm.tokenizer(q, add_special_tokens=False)["input_ids"])
 
+    def nbytes(self) -> int:
+        """Bytes of the stored documents (UTF-8). Their cost in the KV cache is :meth:`n_tokens` tokens."""
+        return sum(len(d.encode("utf-8")) for d in self.documents)
+
     def apply(self, lm: Any) -> "ContextHandle":
         return ContextHandle(lm, self)
 

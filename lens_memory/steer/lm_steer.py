@@ -94,6 +94,10 @@ class LMSteer:
     def layers(self) -> list[int]:
         return []
 
+    def nbytes(self) -> int:
+        """Bytes of the stored low-rank factors ``P`` and ``Q``."""
+        return int(self.P.nbytes + self.Q.nbytes)
+
     def check(self, lm: Any) -> None:
         if self.model and not ModelIdentity.from_dict(self.model).same_model(lm.identity):
             raise ArtifactMismatchError(f"LM-Steer map was trained on {self.model.get('name')!r}, not on {lm.name!r}")

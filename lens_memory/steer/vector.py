@@ -102,6 +102,7 @@ class SteeringVector:
         config: the fitting config (as a dict).
         model: identity of the model it was fitted on.
         info: provenance (pairs, positions, seconds, norms, selected features ...).
+        default_positions: where :meth:`apply` adds the vector unless told (see the module docstring).
     """
 
     method: str
@@ -111,10 +112,19 @@ class SteeringVector:
     config: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    default_positions: str = "after_prompt"
+
+    def __post_init__(self) -> None:
+        if self.default_positions not in POSITION_MODES:
+            raise ValueError(f"default_positions must be one of {POSITION_MODES}, got {self.default_positions!r}")
 
     @property
     def layers(self) -> list[int]:
         return sorted(self.vectors)
+
+    def nbytes(self) -> int:
+        """Bytes of the stored directions."""
+        return int(sum(v.nbytes for v in self.vectors.values()))
 
     def hook_name(self, layer: int) -> str:
         return self.hook_template.format(layer=layer)
@@ -140,15 +150,17 @@ class SteeringVector:
             if v.shape != (lm.d_model,):
                 raise ArtifactMismatchError(f"layer {layer} vector has shape {tuple(v.shape)}, model d_model is {lm.d_model}")
 
-    def apply(self, lm: Any, strength: float = 1.0, positions: str = "after_prompt") -> "SteeringHandle":
+    def apply(self, lm: Any, strength: float = 1.0, positions: str | None = None) -> "SteeringHandle":
         """Add ``strength * v`` at each layer's hook; a context manager, or call ``.remove()``."""
         self.check(lm)
+        positions = self.default_positions if positions is None else positions
         return SteeringHandle(self, HookAddition(lm, {self.hook_name(l): v for l, v in self.vectors.items()},
                                                  strength, positions))
 
     def scaled(self, factor: float) -> "SteeringVector":
         return SteeringVector(self.method, {l: v * factor for l, v in self.vectors.items()}, self.behavior,
-                              self.hook_template, dict(self.config), dict(self.model), dict(self.info))
+                              self.hook_template, dict(self.config), dict(self.model), dict(self.info),
+                              self.default_positions)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -156,7 +168,8 @@ class SteeringVector:
         save_tensors(path / "vectors.safetensors", {f"layer{l}": v for l, v in self.vectors.items()})
         write_json(path / "steering_vector.json", {
             "format": FORMAT, "method": self.method, "behavior": self.behavior, "layers": self.layers,
-            "hook_template": self.hook_template, "config": self.config, "model": self.model, "info": self.info})
+            "hook_template": self.hook_template, "config": self.config, "model": self.model, "info": self.info,
+            "default_positions": self.default_positions})
         return path
 
     @classmethod
@@ -173,7 +186,8 @@ class SteeringVector:
         except Exception as exc:
             raise ArtifactMismatchError(f"{t_p} is unreadable ({exc})") from None
         return cls(meta["method"], {int(l): t[f"layer{l}"] for l in meta["layers"]}, meta["behavior"],
-                   meta["hook_template"], meta["config"], meta["model"], meta.get("info", {}))
+                   meta["hook_template"], meta["config"], meta["model"], meta.get("info", {}),
+                   meta.get("default_positions", "after_prompt"))
 
 
 class SteeringHandle:

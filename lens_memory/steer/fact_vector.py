@@ -1,0 +1,72 @@
+"""Fact vectors: a counterfactual fact written into the activations, as a steering vector.
+
+To put the activation mechanism on the same facts as weight edits, KV memories and RAG, each
+fact gets the *in-context vector* of its reference text (Liu et al. 2024, "In-context Vectors:
+Making In Context Learning More Effective and Controllable Through Latent Space Steering"; the
+same idea as the task/function vectors of Hendel et al. 2023 and Todd et al. 2024): the change
+that reading the reference makes to the residual stream at the prompt's last token,
+
+    v_f = h_L(reference ⊕ prompt)[-1] - h_L(prompt)[-1]      at ``blocks.L.hook_resid_post``,
+
+fitted on the fact's edit prompt only (paraphrases and neighbourhood prompts stay held out). It
+is a :class:`~lens_memory.steer.vector.SteeringVector` added at every position (ActAdd / ICV
+style) with strength 1 by default, so it also acts on unrelated prompts -- neighbourhood scores
+measure that leak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import LensMemoryError
+from .vector import POSITION_MODES, SteeringVector
+
+__all__ = ["FactVectorConfig", "fact_vectors"]
+
+
+@dataclass(frozen=True)
+class FactVectorConfig:
+    """``layer``: residual stream read and steered (``None``: the model's steering layer)."""
+
+    layer: int | None = None
+    positions: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITION_MODES:
+            raise LensMemoryError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+
+
+@torch.no_grad()
+def _last_resid(lm: Any, text_ids: torch.Tensor, layer: int) -> torch.Tensor:
+    st = lm.stack
+    h = st.run(st.embed(text_ids[None].to(lm.device)), stop=layer + 1)
+    return h[0, -1].double().cpu()
+
+
+def fact_vectors(lm: Any, facts: Sequence[Any], references: Sequence[str],
+                 config: FactVectorConfig | None = None) -> list[SteeringVector]:
+    """One in-context vector per fact (``references[i]`` is fact ``i``'s counterfactual text)."""
+    from .caa import default_layer
+
+    cfg = config or FactVectorConfig()
+    facts, references = list(facts), list(references)
+    if not facts or len(facts) != len(references):
+        raise LensMemoryError(f"fact_vectors needs one reference per fact: {len(facts)} facts, "
+                              f"{len(references)} references")
+    layer = lm.check_layer(default_layer(lm) if cfg.layer is None else cfg.layer)
+    out = []
+    for f, ref in zip(facts, references):
+        if not ref.strip():
+            raise LensMemoryError(f"empty reference for fact {f.subject!r}")
+        q = lm.encode(f.prompt)
+        r = lm.encode(ref)
+        with_ref = torch.cat([r, q[1:]])  # one BOS, reference then prompt (as RAG reads it, without a template)
+        v = _last_resid(lm, with_ref, layer) - _last_resid(lm, q, layer)
+        out.append(SteeringVector("fact_vector", {layer: v.float()}, behavior=f"fact:{f.subject}",
+                                  config={**asdict(cfg), "layer": layer}, model=lm.identity.to_dict(),
+                                  info={"reference": ref, "prompt": f.prompt, "norm": float(v.norm())},
+                                  default_positions=cfg.positions))
+    return out
