@@ -196,8 +196,10 @@ def compare_mechanisms(lm: Any, facts: Sequence[Any], mechanisms: Sequence[Mecha
     prompts = [f.prompt for f in facts[:n_cost]]
     rows, per_fact = [], {}
     baseline_done = False
+    first = None  # the unchanged model's scores and generations are computed once and reused
     for m in tqdm(list(mechanisms), desc="compare mechanisms", disable=not progress):
-        ev = evaluate_edits(lm, facts, m.artifacts, per_fact=m.per_fact, config=ecfg)
+        ev = evaluate_edits(lm, facts, m.artifacts, per_fact=m.per_fact, config=ecfg, baseline=first)
+        first = first or ev
         s = ev.summary()
         if include_baseline and not baseline_done:
             base = {"mechanism": "none", **{k: s["pre"][f"{k}_score"] for k in KNOWLEDGE},

@@ -35,6 +35,9 @@ from ..metrics import fact_scores, mean_ci, ngram_entropy, tfidf_similarity
 
 __all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "METRICS"]
 
+_SCORE_KEYS = ("efficacy_score", "paraphrase_score", "neighborhood_score", "efficacy_accuracy", "paraphrase_accuracy",
+               "neighborhood_accuracy", "efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude",
+               "p_new", "p_true")
 METRICS = ("efficacy_score", "paraphrase_score", "neighborhood_score", "efficacy_accuracy", "paraphrase_accuracy",
            "neighborhood_accuracy", "efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude")
 
@@ -76,7 +79,7 @@ class EditEvaluation:
                 out[phase][m] = mean
                 out[phase][m + "_ci95"] = [lo, hi]
         for k, v in self.generation.items():
-            if not isinstance(v, list):
+            if not isinstance(v, (list, dict)):
                 out[k] = v
         return out
 
@@ -139,9 +142,22 @@ def _unedited_neighbours(facts: Sequence[Fact]) -> tuple[list[Fact], int]:
     return out, dropped
 
 
+def _reusable(baseline: "EditEvaluation | None", facts: Sequence[Fact], cfg: EvalConfig) -> bool:
+    """Whether ``baseline`` scored exactly these facts (prompts and neighbourhood) with this config."""
+    if baseline is None or len(baseline.rows) != len(facts):
+        return False
+    if baseline.provenance.get("eval_config") != dataclasses.asdict(cfg):
+        return False
+    if baseline.provenance.get("neighborhood_prompts") != sum(len(f.neighborhood) for f in facts):
+        return False
+    return all(r["subject"] == f.subject and r["prompt"] == f.prompt and r["target_new"] == f.target_new
+               for r, f in zip(baseline.rows, facts))
+
+
 def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any] | None, *,
                    per_fact: bool = False, config: EvalConfig | None = None,
-                   provenance: dict[str, Any] | None = None) -> EditEvaluation:
+                   provenance: dict[str, Any] | None = None, baseline: "EditEvaluation | None" = None
+                   ) -> EditEvaluation:
     """Score ``facts`` on ``lm`` before and after applying ``artifacts``.
 
     Args:
@@ -149,6 +165,9 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
         per_fact: artifact ``i`` belongs to fact ``i`` and is applied alone for it. Otherwise
             all artifacts are applied together and neighbourhood prompts about any edited
             subject are left out (their count is recorded as ``neighborhood_excluded``).
+        baseline: an earlier evaluation of the same facts with the same config on the same
+            unchanged model; its *pre* scores and generations are reused instead of recomputed
+            (ignored when the facts, their neighbourhood prompts or the config differ).
     """
     cfg = config or EvalConfig()
     facts = list(facts)
@@ -163,7 +182,9 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
     excluded = 0
     if not per_fact and len(facts) > 1:
         facts, excluded = _unedited_neighbours(facts)
-    pre = fact_scores(lm, facts)
+    reuse = _reusable(baseline, facts, cfg)
+    pre = ([{k[4:]: v for k, v in r.items() if k.startswith("pre_") and k[4:] in _SCORE_KEYS} for r in baseline.rows]
+           if reuse else fact_scores(lm, facts))
     if per_fact:
         post = []
         for f, a in zip(facts, arts):
@@ -184,10 +205,19 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
     if n_gen:
         gfacts = facts[:n_gen]
         refs = None
-        if cfg.consistency:
+        if cfg.consistency and reuse:
+            refs = baseline.generation.get("references")
+            refs = {int(k): v for k, v in refs.items()} if refs else None
+        elif cfg.consistency:
             refs = {i: generate(lm, list(f.attribute_prompts[:3]), max_new_tokens=cfg.gen_tokens, top_k=cfg.top_k,
                                 seed=cfg.seed + 1000 + i) for i, f in enumerate(gfacts) if f.attribute_prompts}
-        t_pre, e_pre, c_pre = _generation_metrics(lm, gfacts, cfg, refs)
+        if reuse and all("pre_fluency" in r for r in baseline.rows[:n_gen]):
+            t_pre = {i: [r["pre_generation"]] for i, r in enumerate(baseline.rows[:n_gen])}
+            e_pre = {i: r["pre_fluency"] for i, r in enumerate(baseline.rows[:n_gen])}
+            c_pre = {i: r["pre_consistency"] for i, r in enumerate(baseline.rows[:n_gen])
+                     if r.get("pre_consistency") is not None}
+        else:
+            t_pre, e_pre, c_pre = _generation_metrics(lm, gfacts, cfg, refs)
         if per_fact:
             t_post, e_post, c_post = {}, {}, {}
             for i, (f, a) in enumerate(zip(gfacts, arts)):
@@ -207,8 +237,9 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
         gen = {"fluency_pre": float(np.mean(list(e_pre.values()))), "fluency_post": float(np.mean(list(e_post.values()))),
                "consistency_pre": float(np.mean(list(c_pre.values()))) if c_pre else None,
                "consistency_post": float(np.mean(list(c_post.values()))) if c_post else None,
-               "n_generation_facts": n_gen, "gen_tokens": cfg.gen_tokens}
+               "n_generation_facts": n_gen, "gen_tokens": cfg.gen_tokens,
+               "references": {str(k): v for k, v in refs.items()} if refs else None}
     prov = {"model": lm.identity.to_dict(), "n_facts": len(facts), "n_artifacts": len(arts), "per_fact": per_fact,
             "neighborhood_prompts": sum(len(f.neighborhood) for f in facts), "neighborhood_excluded": excluded,
-            "eval_config": dataclasses.asdict(cfg), **(provenance or {})}
+            "eval_config": dataclasses.asdict(cfg), "pre_reused": reuse, **(provenance or {})}
     return EditEvaluation(provenance=prov, rows=rows, generation=gen)

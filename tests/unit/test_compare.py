@@ -108,3 +108,16 @@ def test_comparison_round_trip_and_bad_input(tiny, facts, tmp_path):
     with pytest.raises(LensMemoryError, match="has no apply"):
         Mechanism("bad", [object()])
     assert artifact_nbytes(rag[0]) == len(docs[0][1].encode())
+
+
+def test_reusing_the_baseline_gives_the_same_evaluation(tiny, facts):
+    docs = fact_documents(facts)
+    rag = [ContextArtifact([t]) for _, t in docs]
+    cfg = EvalConfig(fluency_facts=1, gen_tokens=4, consistency=True)
+    first = evaluate_edits(tiny, facts, rag, per_fact=True, config=cfg)
+    again = evaluate_edits(tiny, facts, rag, per_fact=True, config=cfg, baseline=first)
+    fresh = evaluate_edits(tiny, facts, rag, per_fact=True, config=cfg)
+    assert again.provenance["pre_reused"] and not fresh.provenance["pre_reused"]
+    assert again.rows == fresh.rows and again.summary() == fresh.summary()
+    other = evaluate_edits(tiny, facts[:1], rag[:1], per_fact=True, config=cfg, baseline=first)
+    assert not other.provenance["pre_reused"]  # different facts: recomputed
