@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="every memory mechanism on the same facts: one HTML + Markdown report")
     _common(rp)
     rp.add_argument("--facts", default="builtin", help="'builtin', or a known-facts / CounterFact JSON path or URL")
-    rp.add_argument("--quick", action="store_true", help="a short run (6 facts, small steering evaluation)")
-    rp.add_argument("--n-facts", type=int, default=None, help="counterfactual facts compared (default 16, quick 6)")
+    rp.add_argument("--quick", action="store_true", help="a short run (4 facts, small steering evaluation, a smaller SAE)")
+    rp.add_argument("--n-facts", type=int, default=None, help="counterfactual facts compared (default 16, quick 4)")
     rp.add_argument("--stages", default=None, help="comma list of stages to run (default: all)")
     rp.add_argument("--force", action="store_true", help="rerun finished stages instead of reusing them")
     rp.add_argument("--include-unknown", action="store_true",

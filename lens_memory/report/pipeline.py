@@ -81,7 +81,7 @@ class ReportConfig:
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> "ReportConfig":
-        base = dict(n_facts=6, trace_facts=1, trace_kinds=("mlp",), trace_samples=3, memory_sweep=False,
+        base = dict(n_facts=4, trace_facts=2, trace_kinds=("mlp",), trace_samples=5, memory_sweep=False,
                     n_attention=3, steer_prompts=6, steer_tokens=12,
                     steer_strengths={"caa": (-2.0, 0.0, 2.0), "sta": (-2.0, 0.0, 2.0), "lmsteer": (-1.0, 0.0, 1.0)},
                     quick_training=True, fluency_facts=2, gen_tokens=16, cost_facts=2, quick=True)

@@ -12,6 +12,12 @@ fitted on the fact's edit prompt only (paraphrases and neighbourhood prompts sta
 is a :class:`~lens_memory.steer.vector.SteeringVector` added at every position (ActAdd / ICV
 style) with strength 1 by default, so it also acts on unrelated prompts -- neighbourhood scores
 measure that leak.
+
+The layer matters. On Gemma 3 270M (6 facts, strength 1, efficacy / paraphrase / neighbourhood):
+layers 3-9 do nothing (0 / 0 / ~1.0); from layer 12 on the vector carries the answer
+(layer 12: 1.0 / 1.0 / 0.03; layer 15: 0.83 / 0.83 / 0.10) -- and forces it on every prompt, because
+a steering vector does not depend on the subject. The default is the layer two thirds of the way up
+(12 of 18).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ __all__ = ["FactVectorConfig", "fact_vectors"]
 
 @dataclass(frozen=True)
 class FactVectorConfig:
-    """``layer``: residual stream read and steered (``None``: the model's steering layer)."""
+    """``layer``: residual stream read and steered (``None``: two thirds of the way up, 12 of Gemma's 18)."""
 
     layer: int | None = None
     positions: str = "all"
@@ -49,14 +55,12 @@ def _last_resid(lm: Any, text_ids: torch.Tensor, layer: int) -> torch.Tensor:
 def fact_vectors(lm: Any, facts: Sequence[Any], references: Sequence[str],
                  config: FactVectorConfig | None = None) -> list[SteeringVector]:
     """One in-context vector per fact (``references[i]`` is fact ``i``'s counterfactual text)."""
-    from .caa import default_layer
-
     cfg = config or FactVectorConfig()
     facts, references = list(facts), list(references)
     if not facts or len(facts) != len(references):
         raise LensMemoryError(f"fact_vectors needs one reference per fact: {len(facts)} facts, "
                               f"{len(references)} references")
-    layer = lm.check_layer(default_layer(lm) if cfg.layer is None else cfg.layer)
+    layer = lm.check_layer((2 * lm.n_layers) // 3 if cfg.layer is None else cfg.layer)
     out = []
     for f, ref in zip(facts, references):
         if not ref.strip():

@@ -37,7 +37,7 @@ def get_sae(lm: Any, layer: int, spec: str | None = None, *, quick: bool = False
     from .sae import SAETrainConfig, TrainedSAE, load_pretrained_sae, train_sae
 
     if spec in (None, "train"):
-        cfg = SAETrainConfig(layer=layer, n_tokens=60_000) if quick else SAETrainConfig(layer=layer)
+        cfg = SAETrainConfig(layer=layer, n_tokens=60_000, eval_tokens=2048) if quick else SAETrainConfig(layer=layer)
         return train_sae(lm, cfg, progress=progress)
     if Path(spec).exists():
         return TrainedSAE.load(spec, lm)

@@ -38,7 +38,7 @@ def test_memory_cli_on_gemma(gemma, tmp_path):
 
     out = tmp_path / "mem"
     assert main(["memory", "--limit", "6", "--out", str(out), "--attention-facts", "3", "--cost-facts", "2",
-                 "--fluency-facts", "1", "--gen-tokens", "10"]) == 0
+                 "--fluency-facts", "1", "--gen-tokens", "10", "--no-sweep"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["exactness_max_abs_diff"] <= 1e-4
     assert s["efficacy"]["dense"] > s["efficacy"]["none"]
