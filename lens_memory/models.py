@@ -197,22 +197,34 @@ class LensModel:
         text = target if target[0].isspace() else " " + target
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def subject_range(self, prompt: str, subject: str) -> tuple[int, int]:
-        """Token index range ``[start, end)`` of the (last occurrence of the) subject in ``prompt``.
+    def subject_range(self, prompt: str, subject: str, char_start: int | None = None) -> tuple[int, int]:
+        """Token index range ``[start, end)`` of the subject in ``prompt``.
 
-        Indices refer to :meth:`encode`'s output (BOS included).
+        ``char_start`` is where the subject starts in ``prompt`` -- the template's ``{}`` slot
+        (see :meth:`~lens_memory.facts.Fact.subject_span_in`), so noise and keys land on the subject
+        even when its text occurs again elsewhere. Without it, the *first* occurrence is used, as
+        ROME's code does. Indices refer to :meth:`encode`'s output (BOS included).
         """
         if not subject or not subject.strip():
             raise SubjectNotFoundError(f"empty subject {subject!r} for prompt {prompt!r}")
-        char_start = prompt.rfind(subject)
-        if char_start < 0:
-            raise SubjectNotFoundError(f"subject {subject!r} not found in prompt {prompt!r}")
+        if char_start is None:
+            char_start = prompt.find(subject)
+            if char_start < 0:
+                raise SubjectNotFoundError(f"subject {subject!r} not found in prompt {prompt!r}")
+        elif prompt[char_start:char_start + len(subject)] != subject:
+            raise SubjectNotFoundError(
+                f"subject {subject!r} is not at character {char_start} of prompt {prompt!r}")
         char_end = char_start + len(subject)
         _, offsets = self._encode_with_offsets(prompt)
         toks = [i for i, (a, b) in enumerate(offsets) if b > a and a < char_end and b > char_start]
         if not toks:
             raise SubjectNotFoundError(f"subject {subject!r} maps to no token of prompt {prompt!r}")
         return toks[0], toks[-1] + 1
+
+    def fact_subject_range(self, fact: Any, context: str = "{}") -> tuple[int, int]:
+        """Token range of ``fact``'s subject at its template slot in ``context.format(fact.prompt)``."""
+        text = context.format(fact.prompt)
+        return self.subject_range(text, fact.subject, context.index("{}") + fact.template.index("{}"))
 
     def decode(self, ids: int | list[int] | torch.Tensor) -> str:
         if isinstance(ids, int):

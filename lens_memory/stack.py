@@ -29,13 +29,30 @@ from jaxtyping import Float, Int
 
 from .errors import LensMemoryError
 
-__all__ = ["DecoderStack", "UnsupportedArchitectureError", "KV"]
+__all__ = ["DecoderStack", "UnsupportedArchitectureError", "KV", "attention_layer_types"]
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each [batch kv_head pos d_head], keys post-rotary
 
 
 class UnsupportedArchitectureError(LensMemoryError):
     """The partial-forward engine does not know how to drive this architecture's blocks."""
+
+
+def attention_layer_types(cfg: Any) -> list[str]:
+    """Each layer's attention type exactly as Hugging Face masks it.
+
+    Configs with ``layer_types`` (Gemma 2/3, Qwen 2/3, OLMo 2 ...) list them. Older sliding-window
+    configs without it (Mistral v0.1, Phi-3-mini-4k, Starcoder2) make Hugging Face build one
+    sliding-window mask for *every* layer whenever ``sliding_window`` is set, so every layer is
+    ``"sliding_attention"`` there.
+    """
+    n = int(cfg.num_hidden_layers)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return list(types)
+    if getattr(cfg, "sliding_window", None):
+        return ["sliding_attention"] * n
+    return ["full_attention"] * n
 
 
 class _LayerKV:
@@ -77,7 +94,7 @@ class DecoderStack:
         self.embed_tokens = base.embed_tokens
         self.rotary = base.rotary_emb
         self.n_layers = int(cfg.num_hidden_layers)
-        self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers)
+        self.layer_types = attention_layer_types(cfg)
         self.window = getattr(cfg, "sliding_window", None)
         rot = getattr(self.rotary, "original_component", None) or self.rotary
         self._rotary_typed = "layer_type" in inspect.signature(rot.forward).parameters

@@ -16,7 +16,7 @@ import torch
 __all__ = ["tiny_model", "tiny_tokenizer", "tiny_arch_model", "TINY_ARCHS"]
 
 #: other architectures for tests of architecture-generic code (GPT-2's Conv1D, GPT-J's parallel block, Llama)
-TINY_ARCHS = ("gpt2", "gptj", "llama")
+TINY_ARCHS = ("gpt2", "gptj", "llama", "mistral", "olmo2")
 
 _CORPUS = """
 The Eiffel Tower is located in the city of Paris. The Colosseum is located in the city of Rome.
@@ -87,8 +87,13 @@ def tiny_model(seed: int = 0, *, n_layers: int = 4, d_model: int = 64, n_heads: 
 
 
 def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int = 64, dtype: torch.dtype = torch.float32):
-    """A randomly initialised GPT-2, GPT-J or Llama :class:`~lens_memory.models.LensModel` (std 0.2 weights)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, LlamaConfig, LlamaForCausalLM
+    """A randomly initialised :class:`~lens_memory.models.LensModel` of one family (std 0.2 weights).
+
+    ``"mistral"`` has a sliding window of 4 and no ``layer_types`` (as Mistral v0.1: Hugging Face
+    applies the window on every layer); ``"olmo2"`` has OLMo 2's post-attention and post-MLP norms
+    and no pre-norms (its norm weights are drawn non-trivially so they matter in tests).
+    """
+    import transformers as tf
 
     from .models import wrap_hf_model
 
@@ -96,14 +101,16 @@ def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int
     common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id, initializer_range=0.2)
     if arch == "gpt2":
-        cls, cfg = GPT2LMHeadModel, GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common)
+        cls, cfg = tf.GPT2LMHeadModel, tf.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common)
     elif arch == "gptj":
-        cls, cfg = GPTJForCausalLM, GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=4, rotary_dim=8,
+        cls, cfg = tf.GPTJForCausalLM, tf.GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=4, rotary_dim=8,
                                                n_positions=256, **common)
     elif arch == "llama":
-        cls, cfg = LlamaForCausalLM, LlamaConfig(hidden_size=d_model, intermediate_size=2 * d_model,
-                                                 num_hidden_layers=n_layers, num_attention_heads=4,
-                                                 num_key_value_heads=2, max_position_embeddings=256, **common)
+        cls, cfg = tf.LlamaForCausalLM, tf.LlamaConfig(**_rotary_dims(d_model, n_layers), **common)
+    elif arch == "mistral":
+        cls, cfg = tf.MistralForCausalLM, tf.MistralConfig(sliding_window=4, **_rotary_dims(d_model, n_layers), **common)
+    elif arch == "olmo2":
+        cls, cfg = tf.Olmo2ForCausalLM, tf.Olmo2Config(**_rotary_dims(d_model, n_layers), **common)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
     cfg.attn_implementation = "eager"
@@ -111,6 +118,16 @@ def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int
     torch.manual_seed(seed)
     try:
         hf = cls(cfg).to(dtype=dtype)
+        if arch == "olmo2":
+            with torch.no_grad():
+                for name, p in hf.named_parameters():
+                    if "norm" in name:
+                        p.normal_(1.0, 0.3)
     finally:
         torch.random.set_rng_state(gen_state)
     return wrap_hf_model(hf, tok, name=f"tiny-{arch}", source=f"random init (seed {seed})", revision=f"seed{seed}")
+
+
+def _rotary_dims(d_model: int, n_layers: int) -> dict:
+    return dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256)

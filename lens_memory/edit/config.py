@@ -26,6 +26,9 @@ class EditConfigBase:
             if not ok:
                 raise LensMemoryError(
                     f"{type(self).__name__}.{n} must be {'>= 0' if n in non_negative else '> 0'}, got {v!r}")
+        kl = getattr(self, "kl_position", "subject_last")
+        if kl not in ("subject_last", "prompt_last"):
+            raise LensMemoryError(f"{type(self).__name__}.kl_position must be 'subject_last' or 'prompt_last', got {kl!r}")
         object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in c) for c in self.context_lengths))
         if isinstance(self.stats, dict):
             object.__setattr__(self, "stats", StatsConfig(**self.stats))

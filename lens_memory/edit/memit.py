@@ -6,8 +6,10 @@ critical MLP layers ``L_1 < ... < L_R`` (the causal-tracing window):
 1. for every fact, a target hidden state ``z = h + δ`` at the last edit layer's output
    (``blocks.L_R.hook_resid_post``) at the subject's last token, with ``δ`` optimised as in ROME
    -- batched over facts, exact because each ``δ`` only touches its own prompts;
-2. for each layer ``L_i`` in order: the keys ``K`` (context-averaged, recomputed on the model
-   with the lower layers already updated), the remaining residual ``R = (z - h_cur) / (R - i + 1)``
+2. for each layer ``L_i`` in order: the keys ``K`` (recomputed on the model with the lower layers
+   already updated; averaged within each context-template group -- the plain prompt, the
+   generated prefixes -- and then across groups, as ``compute_ks`` does, so the plain prompt
+   weighs 1/2), the remaining residual ``R = (z - h_cur) / (R - i + 1)``
    (spread evenly over the layers not yet updated), and the least-squares update
    ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹`` (:func:`~lens_memory.edit.solve.memit_update`).
 
@@ -38,7 +40,8 @@ from .config import EditConfigBase
 from .rome import default_layer
 from .solve import memit_update, regularise
 from .stats import StatsConfig, key_statistics
-from .targets import build_rows, check_requests, context_templates, lookup_activations, optimise_targets, per_fact_mean
+from .targets import (build_rows, check_requests, context_groups, context_templates, lookup_activations,
+                      optimise_targets, per_fact_mean)
 from .weights import key_hook, proj_weight, residual_to_value, tensor_sha256, value_hook
 
 __all__ = ["MemitConfig", "memit", "default_layers", "MODEL_DEFAULTS"]
@@ -68,6 +71,7 @@ class MemitConfig(EditConfigBase):
         layers: the MLPs to edit; ``None`` -> :func:`default_layers` or the trace suggestion.
         mom2_update_weight: ``λ`` weighting the preserved keys' second moment against the new keys.
         batch_facts: facts per optimisation batch / key chunk.
+        kl_position: where the KL term is read (:func:`~lens_memory.edit.targets.optimise_targets`).
     """
 
     layers: tuple[int, ...] | None = None
@@ -78,6 +82,7 @@ class MemitConfig(EditConfigBase):
     kl_factor: float = 0.0625
     early_stop_loss: float = 0.05
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
+    kl_position: str = "subject_last"
     mom2_update_weight: float = 15000.0
     ridge: float = 0.0
     batch_facts: int = 16
@@ -115,6 +120,10 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
     cfg = config or MemitConfig.for_model(lm)
     Ls = list(layers) if layers is not None else (list(cfg.layers) if cfg.layers else default_layers(lm))
     Ls = sorted({lm.check_layer(int(x)) for x in Ls})
+    if Ls[-1] == lm.n_layers - 1:
+        raise LensMemoryError(
+            f"MEMIT layers {Ls} end at the last layer ({lm.n_layers - 1}): the target z is read at that layer's "
+            f"residual output, after which nothing can carry the update (ΔW would be 0); end the window below it")
     cfg = dataclasses.replace(cfg, layers=tuple(Ls))
     facts = list(facts)
     check_requests(lm, facts)
@@ -125,6 +134,7 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
         stats.update(key_statistics(lm, missing, cfg.stats))
     t_stats = time.perf_counter() - t0
     contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
+    groups = context_groups(cfg.context_lengths)
     z_layer = Ls[-1]
     z_hook = f"blocks.{z_layer}.hook_resid_post"
     chunks = _chunks(len(facts), cfg.batch_facts)
@@ -138,7 +148,8 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
         init = lookup_activations(lm, rows, [z_hook])[z_hook][rows.first_row].float()
         res = optimise_targets(lm, rows, z_hook, z_layer, init, steps=cfg.v_steps, lr=cfg.v_lr,
                                weight_decay=cfg.v_weight_decay, clamp_norm_factor=cfg.clamp_norm_factor,
-                               kl_factor=cfg.kl_factor, early_stop_loss=cfg.early_stop_loss, facts=sub)
+                               kl_factor=cfg.kl_factor, early_stop_loss=cfg.early_stop_loss, facts=sub,
+                               kl_position=cfg.kl_position)
         zs.append(init + res.delta)
         probs += res.target_prob
         losses += res.loss
@@ -159,7 +170,7 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
                 rows = build_rows(lm, sub, contexts, kl_prompts=())
                 names = [key_hook(j), value_hook(j), z_hook]
                 acts = lookup_activations(lm, rows, names)
-                K.append(per_fact_mean(acts[key_hook(j)], rows))
+                K.append(per_fact_mean(acts[key_hook(j)], rows, groups))
                 first = rows.first_row
                 resid = (z[list(ch)].double() - acts[z_hook][first].double()) / (len(Ls) - i)
                 D.append(residual_to_value(lm, j, acts[value_hook(j)][first].double(), resid))
@@ -181,4 +192,4 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
                 info={"target_prob": probs, "loss": losses, "steps": steps, "n_contexts": len(contexts),
                       "contexts": contexts, "ridge": ridges, "stats_tokens": {j: stats[j].n_tokens for j in Ls},
                       "stats_corpus": stats[Ls[0]].corpus, "stats_seconds": t_stats, "targets_seconds": t_targets,
-                      "seconds": total, "z_layer": z_layer})
+                      "seconds": total, "z_layer": z_layer, "z": z.tolist()})

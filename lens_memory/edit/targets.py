@@ -7,8 +7,8 @@ preceded by short generated contexts ("{ctx}. {prompt}"), followed by the new ta
 :func:`optimise_targets` finds, for every fact at once, the vector ``delta`` that -- added at a
 hook point at the subject's last token in all of that fact's prompts -- makes the model
 predict ``o*`` (Meng et al. 2022, eq. 4): mean negative log-likelihood of the target tokens,
-plus ``kl_factor`` times ``KL(p_new || p_orig)`` of the next token after ``"{subject} is a"``
-(keeps the subject's "essence"), plus ``weight_decay * |delta| / |init|²``; after each Adam step
+plus ``kl_factor`` times ``KL(p_new || p_orig)`` of the next-token distribution in ``"{subject} is a"``
+at the subject's last token, where the reference code reads it (keeps the subject's "essence"), plus ``weight_decay * |delta| / |init|²``; after each Adam step
 ``delta`` is clamped to ``clamp_norm_factor * |init|``; a fact stops early once its loss is
 below ``early_stop_loss``. Each fact's ``delta`` only touches its own prompts and Adam acts
 element-wise, so optimising a batch of facts gives the same ``delta`` as one at a time
@@ -33,12 +33,13 @@ from ..facts import Fact
 from ..generation import generate
 from ..hooks import capture
 
-__all__ = ["EditOptimisationError", "context_templates", "EditRows", "build_rows", "optimise_targets",
-           "TargetResult", "check_requests"]
+__all__ = ["EditOptimisationError", "context_templates", "context_groups", "per_fact_mean", "KL_POSITIONS",
+           "EditRows", "build_rows", "optimise_targets", "TargetResult", "check_requests"]
 
 log = logging.getLogger(__name__)
 
 _SEEDS = ("The", "Therefore", "Because", "I", "You")
+KL_POSITIONS = ("subject_last", "prompt_last")
 _CONTEXT_CACHE: dict[tuple, list[str]] = {}
 
 
@@ -75,7 +76,7 @@ def check_requests(lm: Any, facts: Sequence[Fact]) -> None:
         if f.target_new.strip() == f.target_true.strip():
             raise LensMemoryError(
                 f"fact {f.subject!r}: new target {f.target_new!r} equals the current answer {f.target_true!r}")
-        lm.subject_range(f.prompt, f.subject)  # raises SubjectNotFoundError naming both
+        lm.fact_subject_range(f)  # raises SubjectNotFoundError naming both
         new_first = lm.continuation_ids(f.target_new)[0]
         top = int(lm.next_token_probs(f.prompt).argmax())
         if top == new_first:
@@ -97,6 +98,7 @@ class EditRows:
     tgt_tok: Int[torch.Tensor, "m"]
     first_row: Int[torch.Tensor, "fact"]  # the unprefixed rewriting prompt of each fact
     n_facts: int
+    context: Int[torch.Tensor, "row"]  # index of each row's context template (-1 for KL rows)
 
     def rewrite_rows(self) -> torch.Tensor:
         return (~self.is_kl).nonzero().squeeze(1)
@@ -104,14 +106,14 @@ class EditRows:
 
 def build_rows(lm: Any, facts: Sequence[Fact], contexts: Sequence[str],
                kl_prompts: Sequence[str] = ("{} is a",)) -> EditRows:
-    seqs, lookup, owner, is_kl, tgt = [], [], [], [], []
+    seqs, lookup, owner, is_kl, tgt, ctx = [], [], [], [], [], []
     first_row = []
     for i, f in enumerate(facts):
         new_ids = torch.tensor(lm.continuation_ids(f.target_new), dtype=torch.long)
         for c_idx, c in enumerate(contexts):
-            text = c.format(f.prompt)
-            base = lm.encode(text)
-            s1 = lm.subject_range(text, f.subject)[1]
+            base = lm.encode(c.format(f.prompt))
+            s1 = lm.fact_subject_range(f, c)[1]
+            ctx.append(c_idx)
             if c_idx == 0:
                 first_row.append(len(seqs))
             for j, t in enumerate(new_ids.tolist()):
@@ -123,7 +125,8 @@ def build_rows(lm: Any, facts: Sequence[Fact], contexts: Sequence[str],
         for k in kl_prompts:
             text = k.format(f.subject)
             seqs.append(lm.encode(text))
-            lookup.append(lm.subject_range(text, f.subject)[1] - 1)
+            lookup.append(lm.subject_range(text, f.subject, k.index("{}"))[1] - 1)
+            ctx.append(-1)
             owner.append(i)
             is_kl.append(True)
     width = max(len(s) for s in seqs)
@@ -134,7 +137,7 @@ def build_rows(lm: Any, facts: Sequence[Fact], contexts: Sequence[str],
     t = torch.tensor(tgt, dtype=torch.long)
     return EditRows(ids=ids, lookup=torch.tensor(lookup), owner=torch.tensor(owner), is_kl=torch.tensor(is_kl),
                     last=torch.tensor([len(s) - 1 for s in seqs]), tgt_row=t[:, 0], tgt_pos=t[:, 1], tgt_tok=t[:, 2],
-                    first_row=torch.tensor(first_row), n_facts=len(facts))
+                    first_row=torch.tensor(first_row), n_facts=len(facts), context=torch.tensor(ctx))
 
 
 def lookup_activations(lm: Any, rows: EditRows, names: Sequence[str]) -> dict[str, Float[torch.Tensor, "row d"]]:
@@ -143,13 +146,32 @@ def lookup_activations(lm: Any, rows: EditRows, names: Sequence[str]) -> dict[st
     return capture(lm, rows.ids, names, index=idx)
 
 
-def per_fact_mean(x: Float[torch.Tensor, "row d"], rows: EditRows) -> Float[torch.Tensor, "fact d"]:
-    """Mean of ``x`` over each fact's rewriting rows (ROME's context-averaged key)."""
+def per_fact_mean(x: Float[torch.Tensor, "row d"], rows: EditRows,
+                  groups: Sequence[int] | None = None) -> Float[torch.Tensor, "fact d"]:
+    """Each fact's key averaged over its rewriting rows.
+
+    ``groups=None`` averages all rows uniformly (ROME's ``compute_u``: the plain prompt weighs
+    1/n_contexts). With ``groups`` (the group of each context template, see
+    :func:`context_groups`), rows are averaged within each group and the group means averaged
+    (MEMIT's ``compute_ks``: the plain prompt is its own group and weighs 1/n_groups).
+    """
     sel = rows.rewrite_rows()
-    out = torch.zeros(rows.n_facts, x.shape[-1], dtype=torch.float64)
-    out.index_add_(0, rows.owner[sel], x[sel].double())
-    cnt = torch.bincount(rows.owner[sel], minlength=rows.n_facts).double()
-    return out / cnt[:, None]
+    g = torch.zeros(len(sel), dtype=torch.long) if groups is None else torch.tensor(groups)[rows.context[sel]]
+    n_groups = int(g.max()) + 1
+    slot = rows.owner[sel] * n_groups + g
+    sums = torch.zeros(rows.n_facts * n_groups, x.shape[-1], dtype=torch.float64).index_add_(0, slot, x[sel].double())
+    cnt = torch.bincount(slot, minlength=rows.n_facts * n_groups).double()
+    means = (sums / cnt.clamp_min(1)[:, None]).view(rows.n_facts, n_groups, -1)
+    present = (cnt > 0).view(rows.n_facts, n_groups).double()
+    return (means * present[..., None]).sum(1) / present.sum(1, keepdim=True)
+
+
+def context_groups(lengths: Sequence[Sequence[int]]) -> list[int]:
+    """Group index of each template of :func:`context_templates` (0: the plain ``"{}"``; then one per length)."""
+    out = [0]
+    for g, (_, count) in enumerate(lengths):
+        out += [g + 1] * int(count)
+    return out
 
 
 class _Runner:
@@ -188,8 +210,13 @@ class TargetResult:
 
 def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float[torch.Tensor, "fact d_model"], *,
                      steps: int, lr: float, weight_decay: float, clamp_norm_factor: float, kl_factor: float,
-                     early_stop_loss: float = 5e-2, facts: Sequence[Fact] | None = None) -> TargetResult:
+                     early_stop_loss: float = 5e-2, facts: Sequence[Fact] | None = None,
+                     kl_position: str = "subject_last") -> TargetResult:
     """Optimise one ``delta`` per fact added at ``hook`` (in block ``layer``) at the subject's last token.
+
+    ``kl_position``: where the KL term's next-token distribution of ``"{subject} is a"`` is read --
+    ``"subject_last"`` (the subject's last token: the lookup index, as kmeng01/rome's and
+    kmeng01/memit's ``compute_v`` / ``compute_z`` do) or ``"prompt_last"`` (the prompt's last token).
 
     Facts that stop early leave the batch: later steps run only the rows of facts still optimising.
     """
@@ -234,7 +261,8 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
         kl = torch.zeros(n, dtype=torch.float64)
         kr = sel[rows.is_kl[sel]]
         if len(kr):
-            kl_lp = torch.log_softmax(lm.unembed(h[local[kr], rows.last[kr]]).double(), -1)
+            kl_pos = rows.lookup[kr] if kl_position == "subject_last" else rows.last[kr]
+            kl_lp = torch.log_softmax(lm.unembed(h[local[kr], kl_pos]).double(), -1)
             for j, r in enumerate(kr.tolist()):
                 kl_init.setdefault(r, kl_lp[j].detach())
             ref = torch.stack([kl_init[r] for r in kr.tolist()])

@@ -10,7 +10,7 @@ its input is the hook ``blocks.L.mlp.out.hook_in``, its output ``blocks.L.mlp.ou
 and the weight is the wrapped ``nn.Linear`` (Gemma, Llama, GPT-J) or ``Conv1D`` (GPT-2, stored
 transposed). Deltas are always expressed in the linear orientation ``[d_model, d_mlp]``.
 
-Gemma 2/3 put an RMSNorm *after* the MLP (``ln2_post``), so the residual stream receives
+Gemma 2/3 and OLMo 2 put an RMSNorm *after* the MLP (``post_feedforward_layernorm``), so the residual stream receives
 ``norm(W_out k)``, not ``W_out k``. :func:`post_norm` exposes it so that callers can optimise
 values through it (ROME) or map a residual-stream change back to the projection's output
 (MEMIT, :func:`residual_to_value`).
@@ -66,9 +66,17 @@ def linear_weight(lm: Any, layer: int) -> Float[torch.Tensor, "d_model d_mlp"]:
 
 
 def post_norm(lm: Any, layer: int) -> torch.nn.Module | None:
-    """The norm applied to the MLP output before it joins the residual stream (Gemma), else ``None``."""
+    """The norm applied to the MLP output before it joins the residual stream, else ``None``.
+
+    Gemma 2/3 and OLMo 2 call it ``post_feedforward_layernorm`` (OLMo 2 has no pre-MLP norm at
+    all); the TransformerLens bridge exposes Gemma's as ``ln2_post`` but not OLMo 2's, so the
+    Hugging Face block is asked first.
+    """
     block = lm.bridge.blocks[layer]
-    norm = getattr(block, "ln2_post", None)
+    hf_block = getattr(block, "original_component", None)
+    norm = getattr(hf_block, "post_feedforward_layernorm", None) if hf_block is not None else None
+    if norm is None:
+        norm = getattr(block, "ln2_post", None)
     return None if norm is None else getattr(norm, "original_component", norm)
 
 
@@ -76,9 +84,13 @@ def residual_to_value(lm: Any, layer: int, value: Float[torch.Tensor, "batch d_m
                       residual_change: Float[torch.Tensor, "batch d_model"]) -> Float[torch.Tensor, "batch d_model"]:
     """Change of the projection output that moves the MLP's residual contribution by ``residual_change``.
 
-    Without a post-norm this is ``residual_change`` itself. With an RMSNorm ``n(y) = g * y / rms(y)``
-    the wanted output ``m' = n(value) + residual_change`` is reached by any ``y' = s * m' / g``
-    (``n`` is scale-invariant); ``s`` is chosen to make ``y'`` as close to ``value`` as possible.
+    Without a post-norm this is ``residual_change`` itself and exact. With an RMSNorm
+    ``n(y) = g * y / rms(y)`` after the MLP (Gemma 2/3, OLMo 2) the reachable contributions are only
+    ``{m : rms(m / g) = 1}``: the norm fixes their size, so the wanted ``m' = n(value) + residual_change``
+    is in general *not* reachable at one layer. We take the reachable ``m`` closest to ``m'``
+    (:func:`_closest_normed`) and the pre-norm ``y' = s m / g`` closest to ``value`` (``s > 0``;
+    ``n`` is scale-invariant). MEMIT spreads the rest over the later layers, which see the
+    remaining residual. The single-layer miss is measured in the tests and the README.
     Gains are clamped away from zero (``|g| >= 1e-3 max|g|``) to keep the inverse finite.
     """
     norm = post_norm(lm, layer)
@@ -90,10 +102,32 @@ def residual_to_value(lm: Any, layer: int, value: Float[torch.Tensor, "batch d_m
         g = norm(ones)[0] * (1.0 + eps) ** 0.5  # the effective per-channel gain
         floor = 1e-3 * g.abs().max()
         g = torch.where(g.abs() < floor, torch.where(g < 0, -floor, floor), g)
-        target = norm(value) + residual_change
-        u = target / g
-        s = (u * value).sum(-1, keepdim=True) / (u * u).sum(-1, keepdim=True).clamp_min(1e-30)
-        return s * u - value
+        x = _closest_normed((norm(value) + residual_change) / g, g)
+        s = (x * value).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True)
+        s_rms = value.pow(2).mean(-1, keepdim=True).sqrt() / x.pow(2).mean(-1, keepdim=True).sqrt()
+        s = torch.where(s > 0, s, s_rms)
+        return s * x - value
+
+
+def _closest_normed(a: Float[torch.Tensor, "batch d_model"], g: Float[torch.Tensor, "d_model"],
+                    iters: int = 200) -> Float[torch.Tensor, "batch d_model"]:
+    """``argmin_x Σ g²(x - a)²`` subject to ``mean(x²) = 1``: ``x = g² a / (g² + μ)``, ``μ`` by bisection."""
+    g2 = (g * g).double()
+    a = a.double()
+    d = a.shape[-1]
+
+    def msq(mu: torch.Tensor) -> torch.Tensor:
+        return ((g2 * a / (g2 + mu[:, None])) ** 2).sum(-1) / d
+
+    lo = torch.full(a.shape[:1], -float(g2.min()) * (1 - 1e-12), dtype=torch.float64)
+    hi = torch.full(a.shape[:1], 1.0, dtype=torch.float64)
+    while bool((msq(hi) > 1).any()):  # grow the bracket until mean(x²) <= 1 at hi
+        hi = torch.where(msq(hi) > 1, hi * 4, hi)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        big = msq(mid) > 1
+        lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+    return (g2 * a / (g2 + hi[:, None])).to(a.dtype)
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

@@ -90,7 +90,7 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
     cfg = cfg or TraceConfig()
     facts = list(facts)
     for f in facts:  # fail fast on bad input, before any long computation
-        lm.subject_range(f.prompt, f.subject)
+        lm.fact_subject_range(f)
         lm.continuation_ids(f.target_true)
     knowledge = check_knowledge(lm, facts) if only_known else None
     traced = knowledge.known_facts() if knowledge else facts

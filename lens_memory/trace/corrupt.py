@@ -44,7 +44,7 @@ def subject_embedding_std(lm: Any, facts: Sequence[Fact]) -> float:
         raise LensMemoryError("cannot measure the embedding standard deviation of an empty fact set")
     vals = []
     for f in facts:
-        s0, s1 = lm.subject_range(f.prompt, f.subject)
+        s0, s1 = lm.fact_subject_range(f)
         ids = lm.encode(f.prompt)[s0:s1].to(lm.device)
         vals.append(lm.stack.embed(ids[None])[0].flatten())
     return float(torch.cat(vals).std())
@@ -60,7 +60,7 @@ def noise_scale(lm: Any, facts: Sequence[Fact], cfg: TraceConfig) -> float:
 def prepare_fact(lm: Any, fact: Fact, cfg: TraceConfig, scale: float) -> PreparedFact:
     """Tokenize, locate the subject, pick the answer (first token of the true target), draw the noise."""
     ids = lm.encode(fact.prompt)
-    s0, s1 = lm.subject_range(fact.prompt, fact.subject)
+    s0, s1 = lm.fact_subject_range(fact)
     answer = lm.continuation_ids(fact.target_true)[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn((cfg.n_samples, s1 - s0, lm.d_model), generator=gen, dtype=torch.float32) * scale
