@@ -66,6 +66,8 @@ class Fact:
         case_id: identifier within its source.
         generation_prompts: prompts for fluency / consistency of free generation.
         attribute_prompts: prompts about other subjects whose true object is ``target_new``.
+        record_template: the source record's own template where it differs from ``template``
+            (ROME's known facts: the prompt extends it); metadata only.
     """
 
     subject: str
@@ -78,6 +80,7 @@ class Fact:
     case_id: int | str | None = None
     generation_prompts: tuple[str, ...] = ()
     attribute_prompts: tuple[str, ...] = ()
+    record_template: str | None = None
 
     def __post_init__(self) -> None:
         where = f"fact {self.case_id!r}" if self.case_id is not None else f"fact about {self.subject!r}"
@@ -195,16 +198,30 @@ def _field(rec: Any, i: int, key: str, path: str, typ: type | tuple = str, requi
 
 
 def _known_record(rec: Any, i: int) -> Fact:
+    """One ROME ``known_1000.json`` record.
+
+    ROME traces ``prompt`` with ``subject``; in the published file 478 of 1,209 prompts *extend* the
+    template (template ``"{} is located in the continent"``, prompt ``"Vinson Massif is located in the
+    continent of"``). So the prompt is what is traced: the fact's template is the prompt with the
+    subject's first occurrence (where ROME's code finds it) replaced by ``{}``, and the record's own
+    template is kept as ``record_template``.
+    """
     subject = _field(rec, i, "subject", "subject")
     attribute = _field(rec, i, "attribute", "attribute")
     template = _field(rec, i, "template", "template")
     prompt = _field(rec, i, "prompt", "prompt", required=False)
+    rid = rec.get("known_id", i)
     if template.count("{}") != 1:
-        raise FactFormatError(f"record {i} (id {rec.get('known_id', i)}): field 'template' needs exactly one '{{}}': {template!r}")
-    if prompt is not None and template.format(subject) != prompt:
-        raise FactFormatError(f"record {i} (id {rec.get('known_id', i)}): field 'prompt' {prompt!r} != template filled with subject")
-    return Fact(subject=subject, template=template, target_true=attribute,
-                relation_id=str(rec.get("relation_id", "")), case_id=rec.get("known_id", i))
+        raise FactFormatError(f"record {i} (id {rid}): field 'template' needs exactly one '{{}}': {template!r}")
+    if prompt is None:
+        prompt = template.format(subject)
+    at = prompt.find(subject)
+    if at < 0:
+        raise FactFormatError(f"record {i} (id {rid}): field 'prompt' {prompt!r} does not contain the subject {subject!r}")
+    derived = prompt[:at].replace("{", "{{").replace("}", "}}") + "{}" + \
+        prompt[at + len(subject):].replace("{", "{{").replace("}", "}}")
+    return Fact(subject=subject, template=derived, target_true=attribute, relation_id=str(rec.get("relation_id", "")),
+                case_id=rid, record_template=template if template != derived else None)
 
 
 def _counterfact_record(rec: Any, i: int) -> Fact:

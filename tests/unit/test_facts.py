@@ -35,6 +35,36 @@ def test_known_facts_loader(tmp_path):
     assert load_facts(_write(tmp_path, [KNOWN]))[0] == f
 
 
+# two records exactly as ROME's published known_1000.json has them: the prompt extends the template
+ROME_KNOWN = [
+    {"known_id": 0, "subject": "Vinson Massif", "attribute": "Antarctica", "template": "{} is located in the continent",
+     "prediction": " of Antarctica. It is the highest mountain in Antarctica", "prompt":
+     "Vinson Massif is located in the continent of", "relation_id": "P30"},
+    {"known_id": 1, "subject": "Beats Music", "attribute": "Apple", "template": "{} is owned by",
+     "prediction": " Apple, which is also the owner of Beats Electronics", "prompt": "Beats Music is owned by",
+     "relation_id": "P127"},
+]
+
+
+def test_rome_known_1000_records_whose_prompt_extends_the_template(tmp_path):
+    a, b = load_facts(_write(tmp_path, ROME_KNOWN))
+    assert a.prompt == "Vinson Massif is located in the continent of"  # the prompt is what ROME traces
+    assert a.template == "{} is located in the continent of" and a.record_template == "{} is located in the continent"
+    assert b.prompt == "Beats Music is owned by" and b.record_template is None
+    assert Fact.from_dict(a.to_dict()) == a
+
+
+def test_subject_is_located_at_the_template_slot(tiny):
+    """The subject also occurs later in the prompt: the noise and keys go on the template's slot."""
+    f = Fact(subject="Paris", template="{} is the capital of France; the city of Paris is in", target_true="Europe")
+    s0, s1 = tiny.fact_subject_range(f)
+    assert s0 == 1  # right after BOS, not the second "Paris"
+    assert tiny.decode(tiny.encode(f.prompt)[s0:s1]).strip() == "Paris"
+    g = Fact(subject="Paris", template="The city of Paris: {} is in", target_true="France")
+    t0, _ = tiny.fact_subject_range(g)
+    assert t0 > tiny.subject_range(g.prompt, "Paris")[0]  # the slot is the second occurrence here
+
+
 def test_counterfact_loader(tmp_path):
     (f,) = load_counterfact(_write(tmp_path, [CF]))
     assert f.target_new == "Rome" and f.neighborhood == ("The Louvre is located in the city of",) and f.case_id == 7
@@ -44,7 +74,7 @@ def test_counterfact_loader(tmp_path):
     (lambda r: r.pop("subject"), r"record 0 \(id 0\): missing field 'subject'"),
     (lambda r: r.update(attribute=""), r"field 'attribute' is invalid"),
     (lambda r: r.update(template="no placeholder"), r"field 'template' needs exactly one"),
-    (lambda r: r.update(prompt="something else"), r"field 'prompt' 'something else' != template"),
+    (lambda r: r.update(prompt="something else"), r"field 'prompt' 'something else' does not contain the subject"),
 ])
 def test_known_facts_rejects_bad_records(tmp_path, mutate, message):
     rec = dict(KNOWN)
