@@ -16,6 +16,12 @@ Sources:
 * :func:`load_counterfact` -- CounterFact JSON.
 * :func:`load_facts` -- ``"builtin"``, a path or a URL, format detected from the records.
 
+:func:`fact_split` assigns every fact, of any source, to a fixed ``"dev"`` or ``"test"`` split (a
+salted SHA-256 of relation, subject and true object: the same fact is always in the same split,
+whatever set it comes in). Whatever the suite *chooses* -- the edit layer from tracing, ROME's
+clamp, MEMIT's λ, fact-vector layers -- is chosen on dev facts; tables report test facts, and
+results record the split.
+
 :func:`check_knowledge` reports which facts a model knows (its top-1 next token is the target's
 first token) with the probabilities.
 """
@@ -23,6 +29,7 @@ first token) with the probabilities.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -46,6 +53,10 @@ __all__ = [
     "check_knowledge",
     "KnowledgeResult",
     "spread_facts",
+    "fact_split",
+    "split_facts",
+    "SPLITS",
+    "DEV_FRACTION",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,8 +133,11 @@ class Fact:
 N_NEIGHBOURS = 5
 
 
-def builtin_facts(relations: Sequence[str] | None = None) -> list[Fact]:
-    """The offline fact set shipped with lens_memory (see module docstring for how it is built)."""
+def builtin_facts(relations: Sequence[str] | None = None, split: str | None = None) -> list[Fact]:
+    """The offline fact set shipped with lens_memory (see module docstring for how it is built).
+
+    ``split``: ``"dev"``, ``"test"`` or ``None`` (all; see :func:`fact_split`).
+    """
     tables = json.loads(files("lens_memory").joinpath("data/fact_tables.json").read_text())
     facts: list[Fact] = []
     for rel in tables["relations"]:
@@ -148,7 +162,7 @@ def builtin_facts(relations: Sequence[str] | None = None) -> list[Fact]:
                     generation_prompts=tuple(p.format(subj) for p in rel.get("generation", [])),
                     attribute_prompts=tuple(rel["template"].format(o) for o in attr_subjects),
                 ))
-    return facts
+    return split_facts(facts, split)
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,6 +321,27 @@ def spread_facts(facts: Sequence[Fact], n: int | None = None) -> list[Fact]:
         out += [q[i] for q in queues if i < len(q)]
         i += 1
     return out if n is None else out[:n]
+
+
+SPLITS = ("dev", "test")
+DEV_FRACTION = 0.4
+_SPLIT_SALT = "lens_memory/fact-split/v1"
+
+
+def fact_split(fact: Fact) -> str:
+    """``"dev"`` (40%) or ``"test"`` (60%), fixed by a salted hash of relation, subject and true object."""
+    key = f"{_SPLIT_SALT}|{fact.relation_id}|{fact.subject}|{fact.target_true}".encode()
+    u = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0 ** 64
+    return "dev" if u < DEV_FRACTION else "test"
+
+
+def split_facts(facts: Iterable[Fact], split: str | None) -> list[Fact]:
+    """The facts of one split (``None`` or ``"all"``: all of them, order kept)."""
+    if split in (None, "all"):
+        return list(facts)
+    if split not in SPLITS:
+        raise LensMemoryError(f"split must be 'dev', 'test' or 'all', got {split!r}")
+    return [f for f in facts if fact_split(f) == split]
 
 
 # ---------------------------------------------------------------------------------------

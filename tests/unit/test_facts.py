@@ -119,3 +119,19 @@ def test_check_knowledge_matches_argmax(tiny):
         probs = tiny.next_token_probs(f.prompt)
         assert (int(probs.argmax()) == tiny.continuation_ids(f.target_true)[0]) == known
         assert tiny.decode(int(probs.argmax())) == top
+
+
+def test_dev_test_split_is_fixed_disjoint_and_independent_of_the_set():
+    from lens_memory.facts import fact_split, split_facts
+
+    facts = builtin_facts()
+    dev, test = builtin_facts(split="dev"), builtin_facts(split="test")
+    assert len(dev) + len(test) == len(facts) and not {f.case_id for f in dev} & {f.case_id for f in test}
+    assert 0.3 < len(dev) / len(facts) < 0.5
+    assert all(fact_split(f) == "dev" for f in dev)
+    # the same fact in another set (other case_id, prompts) keeps its split
+    moved = [Fact(subject=f.subject, template=f.template, target_true=f.target_true, relation_id=f.relation_id,
+                  case_id=10_000 + i) for i, f in enumerate(facts[:50])]
+    assert [fact_split(f) for f in moved] == [fact_split(f) for f in facts[:50]]
+    with pytest.raises(Exception, match="split must be 'dev', 'test' or 'all', got 'train'"):
+        split_facts(facts, "train")
