@@ -5,10 +5,13 @@ context manager that changes the model and restores it on exit (a ROME/MEMIT edi
 vector, a KV memory, retrieved text in context). :func:`compare_mechanisms` never asks which kind
 it is. For each mechanism it measures:
 
-* **knowledge** -- efficacy, paraphrase and neighbourhood success (CounterFact; Meng et al. 2022)
-  with :func:`~lens_memory.edit.evaluate.evaluate_edits`: per fact (artifact ``i`` alone for fact
+* **knowledge** -- efficacy, paraphrase and neighbourhood success (ROME's ES / PS / NS on CounterFact
+  prompts; Meng et al. 2022) and top-1 token accuracy (EasyEdit's), with
+  :func:`~lens_memory.edit.evaluate.evaluate_edits`: per fact (artifact ``i`` alone for fact
   ``i``) or all artifacts together (a batch edit);
-* **fluency** -- ROME's n-gram entropy of generations with the artifact applied;
+* **fluency** -- ROME's generation entropy (GE) formula on prompt + ``gen_tokens`` generated tokens with the
+  artifact applied (ROME generates 100 tokens in all; shorter texts score lower, so compare rows with each
+  other, not with published GE);
 * **cost** -- prefill milliseconds and decode milliseconds per token with the artifact applied,
   the context tokens the model reads, the bytes the artifact stores (``nbytes()``, or the tensors
   it holds) and the seconds it took to fit (given by the caller);
@@ -191,7 +194,7 @@ def compare_mechanisms(lm: Any, facts: Sequence[Any], mechanisms: Sequence[Mecha
             raise LensMemoryError(f"mechanism {m.name!r} is per fact but has {len(m.artifacts)} artifacts "
                                   f"for {len(facts)} facts")
     ecfg = EvalConfig(fluency_facts=min(cfg.fluency_facts, len(facts)), gen_tokens=cfg.gen_tokens, seed=cfg.seed,
-                      consistency=False)
+                      consistency_model_text_tfidf=False)
     n_cost = min(cfg.cost_facts, len(facts))
     prompts = [f.prompt for f in facts[:n_cost]]
     rows, per_fact = [], {}
@@ -202,20 +205,20 @@ def compare_mechanisms(lm: Any, facts: Sequence[Any], mechanisms: Sequence[Mecha
         first = first or ev
         s = ev.summary()
         if include_baseline and not baseline_done:
-            base = {"mechanism": "none", **{k: s["pre"][f"{k}_score"] for k in KNOWLEDGE},
-                    **{f"{k}_ci95": s["pre"][f"{k}_score_ci95"] for k in KNOWLEDGE},
+            base = {"mechanism": "none", **{k: s["pre"][f"{k}_success"] for k in KNOWLEDGE},
+                    **{f"{k}_ci95": s["pre"][f"{k}_success_ci95"] for k in KNOWLEDGE},
                     **{f"{k}_accuracy": s["pre"][f"{k}_accuracy"] for k in KNOWLEDGE},
-                    "fluency": ev.generation.get("fluency_pre"), "bytes_per_fact": 0, "fit_seconds": 0.0,
+                    "fluency": ev.generation.get("fluency_ngram_entropy_pre"), "bytes_per_fact": 0, "fit_seconds": 0.0,
                     "n_artifacts": 0, "per_fact": True, "neighborhood_excluded": 0}
             if n_cost:
                 base.update(_cost(measure_cost(lm, prompts, new_tokens=cfg.new_tokens)))
             base.update({"reversible": True, "max_abs_diff_after_exit": 0.0, "max_abs_diff_after_exception": 0.0})
             rows.append(base)
             baseline_done = True
-        row: dict[str, Any] = {"mechanism": m.name, **{k: s["post"][f"{k}_score"] for k in KNOWLEDGE},
-                               **{f"{k}_ci95": s["post"][f"{k}_score_ci95"] for k in KNOWLEDGE},
+        row: dict[str, Any] = {"mechanism": m.name, **{k: s["post"][f"{k}_success"] for k in KNOWLEDGE},
+                               **{f"{k}_ci95": s["post"][f"{k}_success_ci95"] for k in KNOWLEDGE},
                                **{f"{k}_accuracy": s["post"][f"{k}_accuracy"] for k in KNOWLEDGE},
-                               "fluency": ev.generation.get("fluency_post"),
+                               "fluency": ev.generation.get("fluency_ngram_entropy_post"),
                                "n_artifacts": len(m.artifacts), "per_fact": m.per_fact,
                                "neighborhood_excluded": ev.provenance.get("neighborhood_excluded", 0)}
         total = sum(artifact_nbytes(a) for a in m.artifacts)

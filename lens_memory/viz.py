@@ -118,7 +118,7 @@ def plot_edit_scores(evaluation, ax=None, title: str | None = None):
     import matplotlib
 
     s = evaluation.summary()
-    names = [("efficacy_score", "efficacy"), ("paraphrase_score", "paraphrase"), ("neighborhood_score", "neighbourhood")]
+    names = [("efficacy_success", "efficacy"), ("paraphrase_success", "paraphrase"), ("neighborhood_success", "neighbourhood")]
     x = np.arange(len(names))
     with matplotlib.rc_context(paper_style()):
         if ax is None:

@@ -1,10 +1,25 @@
-"""CounterFact-style evaluation of edits (or of any memory artifact with ``.apply(model)``).
+"""CounterFact evaluation of edits (or of any memory artifact with ``.apply(model)``), as ROME and MEMIT publish it.
 
-:func:`evaluate_edits` scores facts before and after: efficacy, paraphrase and neighbourhood
-(success, magnitude and top-1 accuracy; :func:`~lens_memory.metrics.fact_scores`), generation
-fluency (ROME's n-gram entropy) and -- where reference texts about the new objects exist --
-consistency (TF-IDF similarity). It only calls ``artifact.apply(lm)``, so it does not know
-which mechanism it measures.
+:func:`evaluate_edits` scores facts before and after (definitions and sources in :mod:`lens_memory.metrics`):
+
+* ``{efficacy,paraphrase,neighborhood}_success`` -- ROME's ES / PS / NS;
+* ``..._magnitude`` -- ROME's / MEMIT's EM / PM / NM (``P = exp(-mean token NLL)``);
+* ``..._accuracy`` -- EasyEdit's teacher-forced top-1 token accuracy;
+* ``score_s`` (in :meth:`EditEvaluation.summary`) -- ROME's S, the harmonic mean of the ES, PS, NS means;
+* ``fluency_ngram_entropy`` -- ROME's generation entropy GE of prompt + generation;
+* ``consistency_model_text_tfidf`` -- **not** ROME's consistency RS (TF-IDF similarity to Wikipedia text about
+  the new object, which is not available offline): the TF-IDF cosine between the text generated about the
+  edited subject and the *unedited model's own* text about other subjects that truly have the new object
+  (the fact's ``attribute_prompts``). It says whether generations moved towards how the model talks about
+  the new object; it is not comparable with published RS numbers.
+
+Generation follows ROME's ``test_generation``: one top-k (k = 5) sample per generation prompt, continued to
+``max_out_len`` = 100 tokens *including the prompt* (ROME's ``generate_fast(..., max_out_len=100)``; the
+prompt's tokens are counted as the model sees them, BOS included). ``EvalConfig.gen_tokens`` instead generates
+a fixed number of new tokens per prompt (faster, shorter texts: lower entropies, not comparable with ROME's GE);
+which protocol ran is recorded as ``generation_protocol``. When a fact has no generation prompts, its edit
+prompt and first paraphrase are used. Deviation: ROME scores every case's generations; here only the first
+``fluency_facts`` facts are generated for (recorded as ``n_generation_facts``).
 
 Two ways of pairing artifacts with facts:
 
@@ -12,9 +27,9 @@ Two ways of pairing artifacts with facts:
   evaluation: every edit on the unedited model);
 * otherwise all artifacts are applied together, in order (MEMIT's batch edit, or sequential edits).
 
-When a fact has no generation prompts, its edit prompt and first paraphrase are used; references
-for consistency default to the *unedited* model's generations on the fact's ``attribute_prompts``
-(other subjects that truly have the new object) -- what the model says about such subjects.
+It only calls ``artifact.apply(lm)``, so it does not know which mechanism it measures. Means over facts
+(each fact's value is the mean over its prompts, as ROME's ``summarize.py``) come with normal-approximation
+95% intervals and the number of facts behind them.
 """
 
 from __future__ import annotations
@@ -31,30 +46,56 @@ from ..errors import LensMemoryError
 from ..facts import Fact
 from ..generation import generate
 from ..io import read_json, write_json
-from ..metrics import fact_scores, mean_ci, ngram_entropy, tfidf_similarity
+from ..metrics import (KINDS, fact_scores, fluency_tokenizer, generation_entropy, mean_ci, rome_generation_text,
+                       score_s, tfidf_similarity)
 
-__all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "METRICS"]
+__all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "METRICS", "GENERATION_METRICS"]
 
-_SCORE_KEYS = ("efficacy_score", "paraphrase_score", "neighborhood_score", "efficacy_accuracy", "paraphrase_accuracy",
-               "neighborhood_accuracy", "efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude",
-               "p_new", "p_true")
-METRICS = ("efficacy_score", "paraphrase_score", "neighborhood_score", "efficacy_accuracy", "paraphrase_accuracy",
-           "neighborhood_accuracy", "efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude")
+#: per-fact knowledge metrics, each summarised as a mean with a 95% interval
+METRICS = (tuple(f"{k}_success" for k in KINDS) + tuple(f"{k}_accuracy" for k in KINDS)
+           + tuple(f"{k}_magnitude" for k in KINDS))
+#: per-fact generation metrics (only for the first ``fluency_facts`` facts)
+GENERATION_METRICS = ("fluency_ngram_entropy", "consistency_model_text_tfidf")
+_SCORE_KEYS = METRICS + ("p_new", "p_true")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation settings. ``fluency_facts``: facts whose generations are scored (0 = skip)."""
+    """Evaluation settings.
+
+    Args:
+        fluency_facts: facts whose generations are scored (0 = skip generation metrics).
+        gen_tokens: ``None`` (default) generates as ROME does, up to ``max_out_len`` tokens in all,
+            prompt included; a number generates that many new tokens per prompt instead (faster).
+        max_out_len: ROME's total length (prompt + generation) in tokens, 100 in ROME.
+        top_k: top-k sampling, 5 in ROME.
+        consistency_model_text_tfidf: also compute the model-text TF-IDF similarity (module docstring).
+    """
 
     fluency_facts: int = 10
-    gen_tokens: int = 50
+    gen_tokens: int | None = None
+    max_out_len: int = 100
     top_k: int = 5
     seed: int = 0
-    consistency: bool = True
+    consistency_model_text_tfidf: bool = True
 
     def __post_init__(self) -> None:
-        if self.fluency_facts < 0 or self.gen_tokens < 1 or self.top_k < 1:
-            raise LensMemoryError(f"invalid EvalConfig {self!r}: fluency_facts >= 0, gen_tokens >= 1, top_k >= 1")
+        if (self.fluency_facts < 0 or (self.gen_tokens is not None and self.gen_tokens < 1)
+                or self.max_out_len < 2 or self.top_k < 1):
+            raise LensMemoryError(f"invalid EvalConfig {self!r}: fluency_facts >= 0, gen_tokens None or >= 1, "
+                                  "max_out_len >= 2, top_k >= 1")
+
+    def new_tokens(self, prompt_tokens: int) -> int:
+        """Tokens to generate after a prompt of ``prompt_tokens`` tokens (at least 1)."""
+        return self.gen_tokens if self.gen_tokens is not None else max(1, self.max_out_len - prompt_tokens)
+
+    @property
+    def generation_protocol(self) -> str:
+        """``"rome"`` (ROME's length and sampling) or a description of the shortened protocol."""
+        if self.gen_tokens is None and self.max_out_len == 100 and self.top_k == 5:
+            return "rome"
+        length = f"{self.gen_tokens} new tokens" if self.gen_tokens is not None else f"{self.max_out_len} tokens in all"
+        return f"custom: {length}, top_k={self.top_k} (ROME: 100 tokens in all, top_k=5)"
 
 
 def _gen_prompts(f: Fact) -> list[str]:
@@ -70,14 +111,25 @@ class EditEvaluation:
     generation: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """Means with 95% intervals: ``{"post": {metric: ...}, "pre": {...}, "fluency_pre": ...}``."""
-        out: dict[str, Any] = {"n_facts": len(self.rows)}
+        """Means over facts with 95% intervals, before and after.
+
+        ``{"n_facts", "n_generation_facts", "pre": {...}, "post": {...}, <generation provenance>}``; each phase
+        holds, for every metric ``m`` in :data:`METRICS` (and :data:`GENERATION_METRICS` where computed),
+        ``m`` (mean), ``m_ci95`` (``[lo, hi]``) and ``m_n`` (facts with a value), plus ``score_s``
+        (ROME's S: harmonic mean of the three success means; no interval).
+        """
+        out: dict[str, Any] = {"n_facts": len(self.rows),
+                               "n_generation_facts": self.generation.get("n_generation_facts", 0)}
         for phase in ("post", "pre"):
             out[phase] = {}
-            for m in METRICS:
-                mean, lo, hi = mean_ci([r[f"{phase}_{m}"] for r in self.rows])
-                out[phase][m] = mean
-                out[phase][m + "_ci95"] = [lo, hi]
+            for m in METRICS + GENERATION_METRICS:
+                vals = [r.get(f"{phase}_{m}") for r in self.rows]
+                vals = [float(v) for v in vals if v is not None and not np.isnan(v)]
+                if m in GENERATION_METRICS and not vals:
+                    continue
+                mean, lo, hi = mean_ci(vals)
+                out[phase].update({m: mean, m + "_ci95": [lo, hi], m + "_n": len(vals)})
+            out[phase]["score_s"] = score_s(*(out[phase][f"{k}_success"] for k in KINDS))
         for k, v in self.generation.items():
             if not isinstance(v, (list, dict)):
                 out[k] = v
@@ -117,11 +169,25 @@ def _applied(lm: Any, artifacts: Sequence[Any]):
         yield
 
 
+def _texts(lm: Any, prompts: Sequence[str], cfg: EvalConfig, seed: int) -> list[str]:
+    """One sample per prompt, as ROME's text: prompt + generation (:func:`~lens_memory.metrics.rome_generation_text`).
+
+    Prompts needing the same number of new tokens are generated in one batch.
+    """
+    n_new = [cfg.new_tokens(len(lm.encode(p))) for p in prompts]
+    out = [""] * len(prompts)
+    for n in sorted(set(n_new)):
+        idx = [i for i, k in enumerate(n_new) if k == n]
+        conts = generate(lm, [prompts[i] for i in idx], max_new_tokens=n, top_k=cfg.top_k, seed=seed)
+        for i, c in zip(idx, conts):
+            out[i] = rome_generation_text(prompts[i], c)
+    return out
+
+
 def _generation_metrics(lm: Any, facts: Sequence[Fact], cfg: EvalConfig, references: dict[int, list[str]] | None):
-    texts = {}
-    for i, f in enumerate(facts):
-        texts[i] = generate(lm, _gen_prompts(f), max_new_tokens=cfg.gen_tokens, top_k=cfg.top_k, seed=cfg.seed + i)
-    ent = {i: float(np.mean([ngram_entropy(t) for t in ts])) for i, ts in texts.items()}
+    """Per fact ``i``: its texts, their generation entropy and (with references) model-text TF-IDF similarity."""
+    texts = {i: _texts(lm, _gen_prompts(f), cfg, cfg.seed + i) for i, f in enumerate(facts)}
+    ent = {i: generation_entropy(ts) for i, ts in texts.items()}
     cons = {i: tfidf_similarity(texts[i], references[i]) for i in texts if references and references.get(i)}
     return texts, ent, cons
 
@@ -154,11 +220,88 @@ def _reusable(baseline: "EditEvaluation | None", facts: Sequence[Fact], cfg: Eva
                for r, f in zip(baseline.rows, facts))
 
 
+def _references(lm: Any, gfacts: Sequence[Fact], cfg: EvalConfig, baseline: "EditEvaluation | None",
+                reuse: bool) -> dict[int, list[str]] | None:
+    """The unedited model's texts on each fact's ``attribute_prompts`` (for the model-text TF-IDF similarity)."""
+    if not cfg.consistency_model_text_tfidf:
+        return None
+    if reuse:
+        refs = baseline.generation.get("references")
+        return {int(k): v for k, v in refs.items()} if refs else None
+    return {i: _texts(lm, list(f.attribute_prompts[:3]), cfg, cfg.seed + 1000 + i)
+            for i, f in enumerate(gfacts) if f.attribute_prompts}
+
+
+def _pre_generation(lm: Any, gfacts: Sequence[Fact], cfg: EvalConfig, refs, baseline, reuse: bool):
+    """Generation metrics of the unchanged model: the baseline's when reusable, else computed."""
+    rows = baseline.rows[:len(gfacts)] if reuse else []
+    if reuse and all("pre_fluency_ngram_entropy" in r for r in rows):
+        return ({i: [r["pre_generation"]] for i, r in enumerate(rows)},
+                {i: r["pre_fluency_ngram_entropy"] for i, r in enumerate(rows)},
+                {i: r["pre_consistency_model_text_tfidf"] for i, r in enumerate(rows)
+                 if r.get("pre_consistency_model_text_tfidf") is not None})
+    return _generation_metrics(lm, gfacts, cfg, refs)
+
+
+def _post_generation(lm: Any, gfacts: Sequence[Fact], arts: Sequence[Any], per_fact: bool, cfg: EvalConfig, refs):
+    """Generation metrics with the artifacts applied (fact ``i`` sampled with seed ``cfg.seed + i`` either way)."""
+    if not per_fact:
+        with _applied(lm, arts):
+            return _generation_metrics(lm, gfacts, cfg, refs)
+    t_post, e_post, c_post = {}, {}, {}
+    for i, (f, a) in enumerate(zip(gfacts, arts)):
+        with _applied(lm, [a]):
+            t, e, c = _generation_metrics(lm, [f], dataclasses.replace(cfg, seed=cfg.seed + i),
+                                          {0: refs[i]} if refs and i in refs else None)
+        t_post[i], e_post[i] = t[0], e[0]
+        if 0 in c:
+            c_post[i] = c[0]
+    return t_post, e_post, c_post
+
+
+def _mean_or_none(d: dict[int, float]) -> float | None:
+    return float(np.nanmean(list(d.values()))) if d else None
+
+
+def _generation(lm: Any, facts: Sequence[Fact], arts: Sequence[Any], per_fact: bool, cfg: EvalConfig,
+                baseline: "EditEvaluation | None", reuse: bool, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fluency (GE) and model-text TF-IDF similarity of the first ``cfg.fluency_facts`` facts, into ``rows``."""
+    n_gen = min(cfg.fluency_facts, len(facts))
+    if not n_gen:
+        return {}
+    gfacts = facts[:n_gen]
+    refs = _references(lm, gfacts, cfg, baseline, reuse)
+    t_pre, e_pre, c_pre = _pre_generation(lm, gfacts, cfg, refs, baseline, reuse)
+    t_post, e_post, c_post = _post_generation(lm, gfacts, arts, per_fact, cfg, refs)
+    for i in range(n_gen):
+        rows[i].update({"pre_fluency_ngram_entropy": e_pre[i], "post_fluency_ngram_entropy": e_post[i],
+                        "pre_consistency_model_text_tfidf": c_pre.get(i),
+                        "post_consistency_model_text_tfidf": c_post.get(i),
+                        "pre_generation": t_pre[i][0], "post_generation": t_post[i][0]})
+    return {"fluency_ngram_entropy_pre": _mean_or_none(e_pre), "fluency_ngram_entropy_post": _mean_or_none(e_post),
+            "consistency_model_text_tfidf_pre": _mean_or_none(c_pre),
+            "consistency_model_text_tfidf_post": _mean_or_none(c_post),
+            "n_generation_facts": n_gen, "gen_tokens": cfg.gen_tokens, "max_out_len": cfg.max_out_len,
+            "top_k": cfg.top_k, "generation_protocol": cfg.generation_protocol,
+            "fluency_tokenizer": fluency_tokenizer(),
+            "references": {str(k): v for k, v in refs.items()} if refs else None}
+
+
+def _check_inputs(facts: Sequence[Fact], arts: Sequence[Any], per_fact: bool) -> None:
+    if not facts:
+        raise LensMemoryError("evaluate_edits needs at least one fact")
+    for f in facts:
+        if not f.target_new:
+            raise LensMemoryError(f"fact {f.subject!r} has no target_new to evaluate")
+    if per_fact and len(arts) != len(facts):
+        raise LensMemoryError(f"per_fact=True needs one artifact per fact: {len(arts)} artifacts, {len(facts)} facts")
+
+
 def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any] | None, *,
                    per_fact: bool = False, config: EvalConfig | None = None,
                    provenance: dict[str, Any] | None = None, baseline: "EditEvaluation | None" = None
                    ) -> EditEvaluation:
-    """Score ``facts`` on ``lm`` before and after applying ``artifacts``.
+    """Score ``facts`` on ``lm`` before and after applying ``artifacts`` (metrics: module docstring).
 
     Args:
         artifacts: one artifact, a list, or ``None`` (pre only: post = pre).
@@ -171,14 +314,8 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
     """
     cfg = config or EvalConfig()
     facts = list(facts)
-    if not facts:
-        raise LensMemoryError("evaluate_edits needs at least one fact")
-    for f in facts:
-        if not f.target_new:
-            raise LensMemoryError(f"fact {f.subject!r} has no target_new to evaluate")
     arts = [] if artifacts is None else (list(artifacts) if isinstance(artifacts, (list, tuple)) else [artifacts])
-    if per_fact and len(arts) != len(facts):
-        raise LensMemoryError(f"per_fact=True needs one artifact per fact: {len(arts)} artifacts, {len(facts)} facts")
+    _check_inputs(facts, arts, per_fact)
     excluded = 0
     if not per_fact and len(facts) > 1:
         facts, excluded = _unedited_neighbours(facts)
@@ -200,45 +337,7 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
         r.update({f"pre_{k}": v for k, v in pre[i].items()})
         r.update({f"post_{k}": v for k, v in post[i].items()})
         rows.append(r)
-    gen: dict[str, Any] = {}
-    n_gen = min(cfg.fluency_facts, len(facts))
-    if n_gen:
-        gfacts = facts[:n_gen]
-        refs = None
-        if cfg.consistency and reuse:
-            refs = baseline.generation.get("references")
-            refs = {int(k): v for k, v in refs.items()} if refs else None
-        elif cfg.consistency:
-            refs = {i: generate(lm, list(f.attribute_prompts[:3]), max_new_tokens=cfg.gen_tokens, top_k=cfg.top_k,
-                                seed=cfg.seed + 1000 + i) for i, f in enumerate(gfacts) if f.attribute_prompts}
-        if reuse and all("pre_fluency" in r for r in baseline.rows[:n_gen]):
-            t_pre = {i: [r["pre_generation"]] for i, r in enumerate(baseline.rows[:n_gen])}
-            e_pre = {i: r["pre_fluency"] for i, r in enumerate(baseline.rows[:n_gen])}
-            c_pre = {i: r["pre_consistency"] for i, r in enumerate(baseline.rows[:n_gen])
-                     if r.get("pre_consistency") is not None}
-        else:
-            t_pre, e_pre, c_pre = _generation_metrics(lm, gfacts, cfg, refs)
-        if per_fact:
-            t_post, e_post, c_post = {}, {}, {}
-            for i, (f, a) in enumerate(zip(gfacts, arts)):
-                with _applied(lm, [a]):
-                    t, e, c = _generation_metrics(lm, [f], dataclasses.replace(cfg, seed=cfg.seed + i),
-                                                  {0: refs[i]} if refs and i in refs else None)
-                t_post[i], e_post[i] = t[0], e[0]
-                if 0 in c:
-                    c_post[i] = c[0]
-        else:
-            with _applied(lm, arts):
-                t_post, e_post, c_post = _generation_metrics(lm, gfacts, cfg, refs)
-        for i in range(n_gen):
-            rows[i].update({"pre_fluency": e_pre[i], "post_fluency": e_post[i],
-                            "pre_consistency": c_pre.get(i), "post_consistency": c_post.get(i),
-                            "pre_generation": t_pre[i][0], "post_generation": t_post[i][0]})
-        gen = {"fluency_pre": float(np.mean(list(e_pre.values()))), "fluency_post": float(np.mean(list(e_post.values()))),
-               "consistency_pre": float(np.mean(list(c_pre.values()))) if c_pre else None,
-               "consistency_post": float(np.mean(list(c_post.values()))) if c_post else None,
-               "n_generation_facts": n_gen, "gen_tokens": cfg.gen_tokens,
-               "references": {str(k): v for k, v in refs.items()} if refs else None}
+    gen = _generation(lm, facts, arts, per_fact, cfg, baseline, reuse, rows)
     prov = {"model": lm.identity.to_dict(), "n_facts": len(facts), "n_artifacts": len(arts), "per_fact": per_fact,
             "neighborhood_prompts": sum(len(f.neighborhood) for f in facts), "neighborhood_excluded": excluded,
             "eval_config": dataclasses.asdict(cfg), "pre_reused": reuse, **(provenance or {})}

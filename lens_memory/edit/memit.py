@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 
 def default_layers(lm: Any, width: int = 5) -> list[int]:
     """A window of ``width`` layers centred on :func:`~lens_memory.edit.rome.default_layer`."""
-    width = min(width, lm.n_layers)
-    start = min(max(0, default_layer(lm) - width // 2), lm.n_layers - width)
+    usable = max(1, lm.n_layers - 1)  # the window may not end at the last layer
+    width = min(width, usable)
+    start = min(max(0, default_layer(lm) - width // 2), usable - width)
     return list(range(start, start + width))
 
 

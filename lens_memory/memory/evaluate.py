@@ -32,16 +32,21 @@ __all__ = ["exactness_check", "measure_cost", "memory_layer_sweep", "MemoryLayer
 
 @torch.no_grad()
 def exactness_check(lm: Any, reference: str, query: str) -> float:
-    """Max |logit difference| between ``reference`` as a dense all-layer memory and as a text prefix."""
+    """Max |logit difference| between ``reference`` as a dense all-layer memory and as a text prefix.
+
+    Both sides are the model's own Hugging Face forward (``lm.hf``), never our partial-forward
+    engine: the text side runs ``BOS + reference + query`` (the identical token sequence), the
+    memory side runs ``BOS + query`` with the memory attached.
+    """
     bank = encode_memory(lm, [reference], MemoryConfig(layers="all", top_k=None, position="stacked"))
     r_ids, q_ids = lm.encode(reference), lm.encode(query)
     if len(q_ids) < 2:
         raise LensMemoryError(f"query {query!r} has no token after BOS")
     full = torch.cat([r_ids, q_ids[1:]])[None].to(lm.device)
-    st = lm.stack
-    text = st.logits(st.run(st.embed(full))[0, len(r_ids):])
-    with bank.apply(lm):
-        mem = st.logits(st.run(st.embed(q_ids[None].to(lm.device)))[0, 1:])
+    with torch.no_grad():
+        text = lm.hf(input_ids=full).logits[0, len(r_ids):]
+        with bank.apply(lm):
+            mem = lm.hf(input_ids=q_ids[None].to(lm.device)).logits[0, 1:]
     return float((text.double() - mem.double()).abs().max())
 
 
@@ -153,7 +158,7 @@ def memory_layer_sweep(lm: Any, facts: Sequence[Any], layer_sets: Sequence[Seque
                                 config=EvalConfig(fluency_facts=0))
             s = ev.summary()["post"]
             rows.append({"layers": label, "layer_list": dense.layers, "top_k": k,
-                         **{m: s[f"{m}_score"] for m in ("efficacy", "paraphrase", "neighborhood")},
+                         **{m: s[f"{m}_success"] for m in ("efficacy", "paraphrase", "neighborhood")},
                          "memory_bytes": bank.nbytes()})
     return MemoryLayerSweep(rows, {"model": lm.identity.to_dict(), "n_facts": len(facts),
                                    "layer_sets": [r["layers"] for r in rows], "top_ks": list(top_ks)})

@@ -99,12 +99,12 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
         evals[name] = ev
         s = ev.summary()
         if "none" not in scores:
-            scores["none"] = {k: s["pre"][f"{k}_score"] for k in ("efficacy", "paraphrase", "neighborhood")}
-            cis["none"] = {k: tuple(s["pre"][f"{k}_score_ci95"]) for k in ("efficacy", "paraphrase", "neighborhood")}
-            scores["none"]["fluency"] = ev.generation.get("fluency_pre")
-        scores[name] = {k: s["post"][f"{k}_score"] for k in ("efficacy", "paraphrase", "neighborhood")}
-        cis[name] = {k: tuple(s["post"][f"{k}_score_ci95"]) for k in ("efficacy", "paraphrase", "neighborhood")}
-        scores[name]["fluency"] = ev.generation.get("fluency_post")
+            scores["none"] = {k: s["pre"][f"{k}_success"] for k in ("efficacy", "paraphrase", "neighborhood")}
+            cis["none"] = {k: tuple(s["pre"][f"{k}_success_ci95"]) for k in ("efficacy", "paraphrase", "neighborhood")}
+            scores["none"]["fluency"] = ev.generation.get("fluency_ngram_entropy_pre")
+        scores[name] = {k: s["post"][f"{k}_success"] for k in ("efficacy", "paraphrase", "neighborhood")}
+        cis[name] = {k: tuple(s["post"][f"{k}_success_ci95"]) for k in ("efficacy", "paraphrase", "neighborhood")}
+        scores[name]["fluency"] = ev.generation.get("fluency_ngram_entropy_post")
     if knowledge:
         summary["knowledge"] = scores
         for k in ("efficacy", "paraphrase", "neighborhood"):

@@ -98,9 +98,11 @@ def _compare_section(runner: StageRunner, rows: list[dict[str, Any]], raw: list[
     n = runner.records["facts"].summary["n_facts"]
     text = [f"The same {n} counterfactual facts, each written six ways (two weight edits, two KV memories, RAG text, a fact vector), scored by one harness "
             "(`lens_memory.compare.compare_mechanisms`) that only calls `artifact.apply(model)`. "
-            "Efficacy: the new object beats the true one after the edit prompt; paraphrase: the same on "
-            "held-out paraphrases; neighbourhood: unrelated subjects with the true object keep it (does the "
-            "memory leak?). Fluency is ROME's n-gram entropy of generations. Cost: fit time, prefill and "
+            "Success rates as ROME defines them (ES / PS / NS, with P = exp(-mean token NLL)): efficacy, the new "
+            "object beats the true one after the edit prompt; paraphrase, the same on held-out paraphrases; "
+            "neighbourhood, unrelated subjects with the true object keep it (does the memory leak?). Fluency is "
+            "ROME's generation-entropy formula (GE) on prompt + a short generation (ROME's texts are 100 tokens, so "
+            "compare rows with each other, not with published GE). Cost: fit time, prefill and "
             "per-token decode time, context tokens read and bytes stored. Reversible: logits of probe prompts "
             "are bit-identical after the artifact is removed, normally and after an exception.",
             f"ROME, the KV memories, RAG and fact vectors are applied one fact at a time; MEMIT edits all {n} "
@@ -146,7 +148,7 @@ def _edit_section(runner: StageRunner, raw: list[dict[str, Any]]) -> Section:
             f"layer; MEMIT (Meng et al. 2023) spreads a batch of facts over several layers. Key statistics "
             f"E[kkᵀ] from {sum(stats['stats_tokens'].values())} tokens ({stats['stats_corpus'].get('name', '')})."]
     f2 = {c: "{:.2f}" for c in rows[0] if c not in ("method", "layers")}
-    return Section("Weights: ROME and MEMIT", text, [], [Table(rows, "Editing metrics (success and top-1 accuracy).",
+    return Section("Weights: ROME and MEMIT", text, [], [Table(rows, "Editing metrics (ROME's success rates; EasyEdit's top-1 token accuracy).",
                                                                  formats=f2)])
 
 

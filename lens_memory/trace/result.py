@@ -152,13 +152,15 @@ class TraceResult:
 
     def suggest_layers(self, width: int = 5, kind: str = "mlp") -> LayerSuggestion:
         """Best edit layer = argmax of the AIE of ``kind`` at the last subject token; MEMIT range =
-        the ``width`` consecutive layers with the largest summed AIE there."""
+        the ``width`` consecutive layers with the largest summed AIE there, ending below the last
+        layer (MEMIT reads its target at the window's last layer output and refuses the last layer)."""
         if kind not in self.kinds:
             raise ValueError(f"kind {kind!r} was not traced (traced: {self.kinds}); trace with kinds including it")
         curve = self.aie(kind).mean["last subject"]
-        width = max(1, min(width, len(curve)))
+        usable = max(1, len(curve) - 1)
+        width = max(1, min(width, usable))
         best = int(np.nanargmax(curve))
-        sums = [float(np.nansum(curve[i:i + width])) for i in range(len(curve) - width + 1)]
+        sums = [float(np.nansum(curve[i:i + width])) for i in range(usable - width + 1)]
         start = int(np.argmax(sums))
         return LayerSuggestion(layer=best, layers=list(range(start, start + width)), curve=[float(x) for x in curve], kind=kind)
 

@@ -43,13 +43,14 @@ def test_edit_command_writes_summary(gemma, tmp_path):
                "--fluency-facts", "1", "--gen-tokens", "12", "--out", str(out)])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
-    for key in ("method", "n_edits", "layers", "efficacy_score", "paraphrase_score", "neighborhood_score",
-                "fluency_pre", "fluency_post", "seconds_per_edit", "stats_seconds"):
+    for key in ("method", "n_edits", "layers", "efficacy_success", "paraphrase_success", "neighborhood_success",
+                "efficacy_accuracy", "efficacy_magnitude", "fluency_ngram_entropy", "score_s", "efficacy_success_ci95",
+                "seconds_per_edit", "stats_seconds"):
         assert key in s, key
     assert s["method"] == "memit" and s["n_edits"] == 4 and len(s["layers"]) == 5
-    assert set(s["pre"]) >= {"efficacy_score", "paraphrase_score", "neighborhood_score"}
-    assert s["pre"]["efficacy_score"] == 0.0  # known facts: the true answer wins before the edit
-    assert s["efficacy_score"] >= 0.75
+    assert set(s["pre"]) >= {"efficacy_success", "paraphrase_success", "neighborhood_success", "fluency_ngram_entropy"}
+    assert s["pre"]["efficacy_success"] == 0.0  # known facts: the true answer wins before the edit
+    assert s["efficacy_success"] >= 0.75
     assert s["retrace"]["target"] and 0 <= s["retrace"]["peak_mlp_layer"] < 18
     for name in ("edit_scores", "retrace_mlp", "retrace_hidden"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

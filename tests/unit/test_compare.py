@@ -69,8 +69,8 @@ def test_harness_rows_match_evaluate_edits_and_reversibility_is_measured(tiny, f
     assert [r["mechanism"] for r in cmp.rows] == ["none", "rag", "kv", "vec"]
     ev = evaluate_edits(tiny, facts, kv, per_fact=True, config=EvalConfig(fluency_facts=0))
     s = ev.summary()
-    assert cmp.row("kv")["efficacy"] == s["post"]["efficacy_score"]
-    assert cmp.row("none")["neighborhood"] == s["pre"]["neighborhood_score"]
+    assert cmp.row("kv")["efficacy"] == s["post"]["efficacy_success"]
+    assert cmp.row("none")["neighborhood"] == s["pre"]["neighborhood_success"]
     for r in cmp.rows:
         assert r["reversible"] is True and r["max_abs_diff_after_exit"] == 0.0
     assert cmp.row("kv")["bytes_total"] == sum(k.nbytes() for k in kv) == 2 * cmp.row("kv")["bytes_per_fact"]
@@ -113,7 +113,7 @@ def test_comparison_round_trip_and_bad_input(tiny, facts, tmp_path):
 def test_reusing_the_baseline_gives_the_same_evaluation(tiny, facts):
     docs = fact_documents(facts)
     rag = [ContextArtifact([t]) for _, t in docs]
-    cfg = EvalConfig(fluency_facts=1, gen_tokens=4, consistency=True)
+    cfg = EvalConfig(fluency_facts=1, gen_tokens=4, consistency_model_text_tfidf=True)
     first = evaluate_edits(tiny, facts, rag, per_fact=True, config=cfg)
     again = evaluate_edits(tiny, facts, rag, per_fact=True, config=cfg, baseline=first)
     fresh = evaluate_edits(tiny, facts, rag, per_fact=True, config=cfg)
