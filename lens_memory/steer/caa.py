@@ -1,11 +1,46 @@
-"""Contrastive Activation Addition (CAA).
+"""Contrastive Activation Addition (CAA), in the paper's A/B form and in EasyEdit2's completion form.
 
 Rimsky, Gabrieli, Schulz, Tong, Hubinger & Turner (2024), "Steering Llama 2 via Contrastive
-Activation Addition" (ACL 2024; also published under Panickssery et al.). For matched pairs that
-differ only in whether the answer shows a behaviour, CAA takes the residual-stream activation
-at the answer position(s) and averages the difference::
+Activation Addition" (ACL 2024; also published under Panickssery et al.); reference code
+``nrimsky/CAA`` (``generate_vectors.py``). For matched pairs that differ only in whether the
+answer shows a behaviour, CAA averages the difference of residual-stream activations at layer
+``L``::
 
-    v_L = mean_i ( a_L(prompt_i + positive_i) - a_L(prompt_i + negative_i) )
+    v_L = mean_i ( a_L(x_i, matching answer) - a_L(x_i, non-matching answer) )
+
+What ``a_L`` is differs between the paper and EasyEdit2, so both are offered, each under its own
+name (``CAAConfig.form``) and recorded in the vector's ``config`` and ``info["form"]``:
+
+* ``"ab_letter"`` -- **the paper's form**: each item is an A/B multiple-choice question whose two
+  options are the pair's continuations (:class:`~lens_memory.steer.behaviors.ABItem`, letters
+  balanced); ``a_L`` is the activation at the answer *letter* token (the reference code's
+  ``[0, -2]`` of ``"... (A)"``), once with the behaviour-matching letter and once with the other.
+  The prompt is laid out as the reference's base-model template, ``"Input: {question}\nResponse: ("``.
+* ``"completion_mean"`` -- **EasyEdit2's form** (``zjunlp/EasyEdit``,
+  ``steer/vector_generators/caa``, ``multiple_choice=False``): the prompt continued with the
+  positive and with the negative completion, ``a_L`` the mean over the completion tokens
+  (``position="answer_last"`` reads the completion's last token instead; ours, recorded).
+
+**Default: ``"completion_mean"``**, because the built-in behaviours are open-ended completion
+behaviours of a small *base* model and are evaluated by steering free generation after the
+prompt: the completion form reads activations on exactly that kind of text, while the A/B form
+presupposes a model that follows a multiple-choice format (the paper used Llama 2 Chat, mostly).
+Use ``form="ab_letter"`` to reproduce the paper. Measured on Gemma 3 270M (layer 10, the 25 dev
+prompts, target probability ``P(pos) / (P(pos) + P(neg))``): the base model picks the matching
+letter of the built-in A/B items with probability 0.53 (sentiment) and 0.52 (ocean), i.e. at
+chance; the A/B vector is nearly orthogonal to the completion vector (cosine -0.11 / -0.06) and,
+even rescaled to the completion vector's norm, moves sentiment from 0.96 only to 0.84 / 0.99 at
+∓2 (completion form: 0.24 / 1.00) and ocean from 0.43 to 0.39 / 0.46 (completion form: 0.11 /
+0.88). At its own norm (29 vs 523 for sentiment) it has no measurable effect at ±2.
+
+Deviations from the reference code, and why:
+
+* the prompt and the answer are tokenized separately (the answer tokens are exactly the
+  continuation's tokens whatever the tokenizer would merge across the boundary); EasyEdit2
+  tokenizes ``question + answer`` jointly and slices at the question's length;
+* A/B questions are built from our completion pairs (no third-party data): a neutral header, the
+  prompt and the two continuations as ``(A)``/``(B)``; the paper's questions are Anthropic's
+  model-written evaluations with their own wording.
 
 Adding ``alpha * v_L`` to the residual stream at layer ``L`` on the positions after the prompt
 steers generation towards (``alpha > 0``) or away from (``alpha < 0``) the behaviour. The vector is
@@ -13,27 +48,32 @@ unnormalised, so ``alpha = 1`` adds the raw mean difference; record and compare 
 that unit.
 
 Helpers: :func:`caa_layer_sweep` fits every candidate layer from one forward pass and ranks them
-by the shift of the target-behaviour probability on held-out prompts; the multiplier sweep is
-:func:`lens_memory.steer.evaluate.evaluate_steering` over strengths.
+by the shift of the target-behaviour probability on the behaviour's *dev* prompts (choose on
+dev, report on test); the multiplier sweep is :func:`lens_memory.steer.evaluate.evaluate_steering`
+over strengths.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import torch
 
 from ..errors import LensMemoryError
 from .activations import POSITIONS, ContrastActivations, contrast_activations
-from .behaviors import Behavior, load_behavior
+from .behaviors import Behavior, ContrastPair, load_behavior
 from .vector import POSITION_MODES, SteeringVector
 
-__all__ = ["CAAConfig", "caa", "caa_from_activations", "caa_layer_sweep", "LayerSweep", "resid_hook"]
+__all__ = ["CAAConfig", "caa", "caa_from_activations", "caa_layer_sweep", "LayerSweep", "resid_hook", "FORMS",
+           "caa_pairs"]
 
 log = logging.getLogger(__name__)
+
+#: the two CAA forms (see the module docstring); the first is the default
+FORMS = ("completion_mean", "ab_letter")
 
 
 def resid_hook(layer: int) -> str:
@@ -47,13 +87,17 @@ class CAAConfig:
 
     Attributes:
         layers: layers whose ``hook_resid_post`` gets a vector (``None``: :func:`default_layer`).
-        position: ``"answer_mean"`` (mean over the continuation tokens) or ``"answer_last"``.
+        form: ``"completion_mean"`` (EasyEdit2: completion pairs; the default) or ``"ab_letter"``
+            (the paper: A/B questions, activation at the answer letter).
+        position: for ``"completion_mean"``: ``"answer_mean"`` (mean over the completion tokens) or
+            ``"answer_last"``; ignored by ``"ab_letter"``, whose answer is the single letter token.
         apply_positions: where the vector is added by default (``"after_prompt"`` or ``"all"``).
         n_pairs: use only the first ``n_pairs`` training pairs (``None``: all).
         batch_size: sequences per forward pass.
     """
 
     layers: tuple[int, ...] | None = None
+    form: str = "completion_mean"
     position: str = "answer_mean"
     apply_positions: str = "after_prompt"
     n_pairs: int | None = None
@@ -64,6 +108,8 @@ class CAAConfig:
             object.__setattr__(self, "layers", tuple(self.layers))
             if not self.layers:
                 raise LensMemoryError("CAAConfig.layers is empty")
+        if self.form not in FORMS:
+            raise LensMemoryError(f"CAAConfig.form must be one of {FORMS}, got {self.form!r}")
         if self.position not in POSITIONS:
             raise LensMemoryError(f"CAAConfig.position must be one of {POSITIONS}, got {self.position!r}")
         if self.apply_positions not in POSITION_MODES:
@@ -90,6 +136,20 @@ def default_layer(lm: Any) -> int:
     return MODEL_DEFAULT_LAYER.get(lm.name, lm.n_layers // 2)
 
 
+def caa_pairs(b: Behavior, cfg: CAAConfig) -> tuple[list[ContrastPair], str]:
+    """The contrast pairs and the read position of ``cfg.form``: completions, or A/B letters (last token)."""
+    if cfg.form == "ab_letter":
+        pairs = b.ab_pairs()
+        return (pairs[:cfg.n_pairs] if cfg.n_pairs else pairs), "answer_last"
+    return (b.train[:cfg.n_pairs] if cfg.n_pairs else b.train), cfg.position
+
+
+def _check_letters(lm: Any, pairs: list[ContrastPair]) -> None:
+    for letter in {p.positive for p in pairs} | {p.negative for p in pairs}:
+        if len(lm.tokenizer(letter, add_special_tokens=False)["input_ids"]) != 1:
+            raise LensMemoryError(f"the answer letter {letter!r} is not one token for {lm.name}; ab_letter needs it")
+
+
 def caa_from_activations(lm: Any, acts: dict[int, ContrastActivations], behavior: str, cfg: CAAConfig,
                          info: dict[str, Any] | None = None) -> SteeringVector:
     """The CAA vector (mean difference) from already collected contrast activations."""
@@ -97,24 +157,27 @@ def caa_from_activations(lm: Any, acts: dict[int, ContrastActivations], behavior
     for layer, v in vectors.items():
         if not torch.isfinite(v).all():
             raise LensMemoryError(f"CAA vector at layer {layer} is not finite")
+    position = "letter" if cfg.form == "ab_letter" else cfg.position
     return SteeringVector("caa", vectors, behavior, config=cfg.to_dict(), model=lm.identity.to_dict(),
-                          info={"position": cfg.position, "n_pairs": next(iter(acts.values())).n_pairs,
+                          info={"form": cfg.form, "position": position, "n_pairs": next(iter(acts.values())).n_pairs,
                                 "norms": {str(l): float(v.norm()) for l, v in vectors.items()}, **(info or {})})
 
 
 def caa(lm: Any, behavior: Behavior | str, cfg: CAAConfig | None = None) -> SteeringVector:
-    """Fit a CAA steering vector on ``behavior``'s training pairs (see the module docstring)."""
+    """Fit a CAA steering vector on ``behavior``'s training data in ``cfg.form`` (see the module docstring)."""
     cfg = cfg or CAAConfig()
     b = load_behavior(behavior)
     layers = cfg.layers or (default_layer(lm),)
     for layer in layers:
         lm.check_layer(layer)
-    pairs = b.train[:cfg.n_pairs] if cfg.n_pairs else b.train
+    pairs, position = caa_pairs(b, cfg)
+    if cfg.form == "ab_letter":
+        _check_letters(lm, pairs)
     t0 = time.perf_counter()
-    got = contrast_activations(lm, pairs, [resid_hook(l) for l in layers], position=cfg.position,
+    got = contrast_activations(lm, pairs, [resid_hook(l) for l in layers], position=position,
                                batch_size=cfg.batch_size)
     seconds = time.perf_counter() - t0
-    log.info("CAA on %d pairs of %r at layers %s: %.1f s", len(pairs), b.name, list(layers), seconds)
+    log.info("CAA (%s) on %d pairs of %r at layers %s: %.1f s", cfg.form, len(pairs), b.name, list(layers), seconds)
     return caa_from_activations(lm, {l: got[resid_hook(l)] for l in layers}, b.name, cfg,
                                 {"seconds": seconds, "tokens": int(sum(a.positive.shape[0] + a.negative.shape[0]
                                                                       for a in got.values()) // len(layers))})
@@ -122,7 +185,11 @@ def caa(lm: Any, behavior: Behavior | str, cfg: CAAConfig | None = None) -> Stee
 
 @dataclass
 class LayerSweep:
-    """Per layer: the CAA vector's norm and the shift of the target-behaviour probability it causes."""
+    """Per layer: the CAA vector's norm and the shift of the target-behaviour probability it causes.
+
+    ``split`` is the evaluation split the probabilities were measured on (``"dev"`` by default:
+    a layer chosen here is then reported on ``"test"``); ``form`` the CAA form.
+    """
 
     behavior: str
     strength: float
@@ -131,6 +198,8 @@ class LayerSweep:
     prob_base: float
     prob_plus: list[float]
     prob_minus: list[float]
+    split: str = "dev"
+    form: str = "completion_mean"
 
     @property
     def best_layer(self) -> int:
@@ -152,24 +221,26 @@ class LayerSweep:
 
 
 def caa_layer_sweep(lm: Any, behavior: Behavior | str, layers: Sequence[int] | None = None, *,
-                    strength: float = 4.0, cfg: CAAConfig | None = None, n_eval: int | None = 20) -> LayerSweep:
-    """Fit CAA at every layer in one pass and measure ``P(target)`` on held-out prompts at ``±strength``."""
+                    strength: float = 4.0, cfg: CAAConfig | None = None, n_eval: int | None = 20,
+                    split: str = "dev") -> LayerSweep:
+    """Fit CAA at every layer in one pass and measure ``P(target)`` on the ``split`` prompts at ``±strength``."""
     from .evaluate import behavior_probability
 
     b = load_behavior(behavior)
     layers = list(layers if layers is not None else range(lm.n_layers))
     cfg = cfg or CAAConfig()
-    pairs = b.train[:cfg.n_pairs] if cfg.n_pairs else b.train
-    got = contrast_activations(lm, pairs, [resid_hook(l) for l in layers], position=cfg.position,
+    pairs, position = caa_pairs(b, cfg)
+    got = contrast_activations(lm, pairs, [resid_hook(l) for l in layers], position=position,
                                batch_size=cfg.batch_size)
-    prompts = b.eval_prompts[:n_eval] if n_eval else b.eval_prompts
+    held = b.split(split).eval_prompts
+    prompts = held[:n_eval] if n_eval else held
     base = behavior_probability(lm, b, prompts)
     norms, plus, minus = [], [], []
     for layer in layers:
-        vec = caa_from_activations(lm, {layer: got[resid_hook(layer)]}, b.name, CAAConfig((layer,), cfg.position))
+        vec = caa_from_activations(lm, {layer: got[resid_hook(layer)]}, b.name, replace(cfg, layers=(layer,)))
         norms.append(vec.norm())
         with vec.apply(lm, strength):
             plus.append(behavior_probability(lm, b, prompts))
         with vec.apply(lm, -strength):
             minus.append(behavior_probability(lm, b, prompts))
-    return LayerSweep(b.name, strength, layers, norms, base, plus, minus)
+    return LayerSweep(b.name, strength, layers, norms, base, plus, minus, split=split, form=cfg.form)

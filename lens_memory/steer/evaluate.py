@@ -14,6 +14,8 @@ map, or the :class:`PromptingBaseline` -- and measures, per strength (0 = the un
   text (the offline corpus) with the steering applied at every position.
 
 Generation uses the same seed at every strength, so differences come from the steering.
+Prompts come from one evaluation split of the behaviour (``SteerEvalConfig.split``, default
+``"test"``; choose strengths and layers on ``"dev"``), recorded as ``SteeringEvaluation.split``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..errors import LensMemoryError
 from ..generation import generate, left_pad
 from ..io import read_json, write_json
 from ..metrics import mean_ci
-from .behaviors import Behavior, load_behavior
+from .behaviors import SPLITS, Behavior, load_behavior
 from .scorers import get_scorer
 
 __all__ = ["SteerEvalConfig", "SteeringEvaluation", "evaluate_steering", "behavior_probability", "PromptingBaseline",
@@ -54,6 +56,8 @@ class SteerEvalConfig:
         n_neutral_tokens: neutral-text positions for the KL side effect (0 skips it).
         positions: where steering vectors are added during generation (``"after_prompt"``/``"all"``).
         batch_size: prompts per generation batch.
+        split: the behaviour's evaluation prompts used: ``"test"`` (report), ``"dev"`` (choose
+            strengths, layers, thresholds) or ``"all"``; see :meth:`Behavior.split`.
     """
 
     strengths: tuple[float, ...] = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)
@@ -64,8 +68,11 @@ class SteerEvalConfig:
     n_neutral_tokens: int = 256
     positions: str = "after_prompt"
     batch_size: int = 16
+    split: str = "test"
 
     def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise LensMemoryError(f"SteerEvalConfig.split must be one of {SPLITS}, got {self.split!r}")
         s = tuple(float(x) for x in self.strengths)
         for x in s:
             if not math.isfinite(x):
@@ -232,11 +239,12 @@ class SteeringEvaluation:
     artifact_config: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    split: str = "all"  # the behaviour's evaluation split the prompts came from
 
     def to_dataframe(self):
         import pandas as pd
 
-        return pd.DataFrame(self.rows).assign(method=self.method, behavior=self.behavior)
+        return pd.DataFrame(self.rows).assign(method=self.method, behavior=self.behavior, split=self.split)
 
     def metric(self, name: str) -> dict[str, float]:
         """``{strength: value}`` for one metric (strength keys as strings, e.g. ``"0.0"``)."""
@@ -248,7 +256,8 @@ class SteeringEvaluation:
         return is_monotonic([r["behavior_score"] for r in self.rows])
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "behavior": self.behavior, "layers": self.layers, "hook": self.hook,
+        return {"method": self.method, "behavior": self.behavior, "split": self.split, "layers": self.layers,
+                "hook": self.hook,
                 "behavior_score": self.metric("behavior_score"), "target_prob": self.metric("target_prob"),
                 "fluency": self.metric("perplexity"), "distinct_2": self.metric("distinct_2"),
                 "kl_neutral": self.metric("kl_neutral"), "monotonic": self.monotonic, "seconds": self.seconds}
@@ -271,13 +280,13 @@ class SteeringEvaluation:
 
 def evaluate_steering(lm: Any, behavior: Behavior | str, artifact: Any, cfg: SteerEvalConfig | None = None, *,
                       progress: bool = True) -> SteeringEvaluation:
-    """Evaluate ``artifact`` (anything with ``apply(lm, strength)``) on ``behavior`` at each strength."""
+    """Evaluate ``artifact`` (anything with ``apply(lm, strength)``) on ``behavior``'s ``cfg.split`` prompts."""
     from tqdm.auto import tqdm
 
     cfg = cfg or SteerEvalConfig()
-    b = load_behavior(behavior)
+    b = load_behavior(behavior).split(cfg.split)
     if not b.eval_prompts:
-        raise LensMemoryError(f"behaviour {b.name!r} has no evaluation prompts")
+        raise LensMemoryError(f"behaviour {b.name!r} has no evaluation prompts in split {cfg.split!r}")
     prompts = b.eval_prompts[:cfg.n_prompts] if cfg.n_prompts else list(b.eval_prompts)
     scorer = get_scorer(b)
     transform = getattr(artifact, "transform_prompt", None)
@@ -305,7 +314,7 @@ def evaluate_steering(lm: Any, behavior: Behavior | str, artifact: Any, cfg: Ste
     return SteeringEvaluation(method=getattr(artifact, "method", type(artifact).__name__), behavior=b.name,
                               layers=layers, hook=hook, strengths=list(strengths), rows=rows, samples=samples,
                               config=cfg.to_dict(), artifact_config=dict(getattr(artifact, "config", {}) or {}),
-                              model=lm.identity.to_dict(), seconds=time.perf_counter() - t0)
+                              model=lm.identity.to_dict(), seconds=time.perf_counter() - t0, split=cfg.split)
 
 
 def _null():

@@ -1,18 +1,47 @@
 """LM-Steer: a learned linear map on the output word embeddings.
 
-Han, Xu, Li, Ji & Wang (2024), "Word Embeddings Are Steers for Language Models" (ACL 2024).
+Han, Xu, Li, Ji & Wang (2024), "Word Embeddings Are Steers for Language Models" (ACL 2024);
+reference code ``Glaciohound/LM-Steer`` (``lm_steer/models/steers.py``, ``Projected_Adaptor``).
 The logit of token ``v`` is ``hᵀ e_v`` (``h`` the final normalised hidden state, ``e_v`` its
-output embedding). LM-Steer replaces each embedding by ``(I + ε W) e_v``, which is the same as
-transforming the hidden state, ``h -> h + ε Wᵀ h``, so it is applied by one hook on the
-unembedding's input (``unembed.hook_in``). ``W = P Qᵀ`` is low rank; it is trained with the
-language-model loss on the behaviour's texts, with ``ε = +1`` on positive continuations and
-``ε = -1`` on negative ones, the model frozen. At inference ``ε`` (the strength) is continuous:
-0 is the base model exactly, negative values steer the other way.
+output embedding). LM-Steer replaces each embedding by ``e'_v = (I + ε W) e_v``, so
+
+    logit'_v = hᵀ (I + ε W) e_v = (h + ε Wᵀ h)ᵀ e_v,        d logit_v / d ε = hᵀ W e_v,
+
+with ``W = P Qᵀ`` of low rank. The reference implements exactly this on the hidden state
+(``state + ε (state @ projector1) @ projector2ᵀ``, row vectors), i.e. ``P = projector1``,
+``Q = projector2`` and ``W = P Qᵀ``: one hook on the unembedding's input (``unembed.hook_in``)
+applies it. :meth:`LMSteer.matrix` returns this ``W``; the hidden-state map is ``Wᵀ``.
+
+``W`` is trained with the language-model loss on the behaviour's texts, with ``ε = +1`` on
+positive continuations and ``ε = -1`` on negative ones, the model frozen. At inference ``ε``
+(the strength) is continuous: 0 is the base model exactly, negative values steer the other way.
+
+Interpretation (the paper's "which words are steered", the reference's ``app.py`` /
+``pca_analysis.py``): the SVD ``W = U S Vᵀ``; for each top singular direction ``i`` the tokens
+whose embeddings project most (and least) onto the *right* singular vector ``V[:, i]`` -- the
+embedding directions that ``W`` acts on -- and the tokens whose logits the map raises or lowers
+most at the mean hidden state ``h̄``: ``h̄ᵀ W e_v``.
+
+Measured effect of taking ``W`` rather than ``Wᵀ`` (earlier versions of this module interpreted
+``Wᵀ``), Gemma 3 270M, sentiment, default config: the most raised tokens are now " delight",
+" pleasure", " lovely", " joy", " delightful" and the most lowered " disastrous", " horrid",
+" atrocious", " intolerable", " dreadful"; with ``Wᵀ`` they were " definitely", " my", " alive",
+" exceeded", " voted" (top-20 overlap 2 raised, 0 lowered; correlation of the per-token shifts
+0.07; the top right singular vectors of ``W`` and ``Wᵀ`` have |cosine| 0.007). A unit test checks
+``hᵀ W e_v`` against finite differences of the steered logits.
+
+Deviations from the reference, and why:
+
+* rank 4 by default (reference: 1000 with ε = 1e-3 absorbed into the factors): the built-in
+  behaviours have ~2,000 answer tokens, far too few for a 640×1000 pair of factors; the
+  strength absorbs the reference's fixed ε;
+* trained on the answer tokens of each contrast pair given its prompt (reference: whole texts
+  labelled ±1), because our data are prompt/continuation pairs;
+* no "dummy steer" (the reference's always-on second steer that absorbs domain shift), no
+  regularisation term (reference default 0).
 
 Because only the map after the final norm is trained, the hidden states are computed once and
-training touches the unembedding only. Interpretation (the paper's section on "which words
-are steered"): the top singular directions of ``W`` and the tokens whose embeddings project
-most onto them, and the tokens whose logits the map raises or lowers most.
+training touches the unembedding only.
 """
 
 from __future__ import annotations
@@ -120,28 +149,33 @@ class LMSteer:
         return SteeringHandle(self, lm.bridge.hook_dict[self.hook].register_forward_hook(hook))
 
     def matrix(self) -> Float[torch.Tensor, "d_model d_model"]:
-        """``W`` acting on output embeddings (``e -> e + ε W e``); the hidden-state map is its transpose."""
-        return (self.Q.double() @ self.P.double().T)
+        """``W = P Qᵀ``, acting on output embeddings (``e -> e + ε W e``); the hidden-state map is ``Wᵀ``."""
+        return self.P.double() @ self.Q.double().T
+
+    def logit_shift(self, lm: Any, h: Float[torch.Tensor, "d_model"]) -> Float[torch.Tensor, "d_vocab"]:
+        """``d logit_v / d ε`` at final hidden state ``h`` for every token ``v``: ``hᵀ W e_v``."""
+        E = lm.hf.lm_head.weight.detach().double()  # [d_vocab, d_model]: rows are the e_v
+        return E @ (self.matrix().T @ h.double())
 
     @torch.no_grad()
     def interpret(self, lm: Any, k: int = 10, n_directions: int = 3) -> dict[str, Any]:
-        """Tokens whose embeddings lie furthest along ``W``'s top singular directions, and most-shifted tokens.
+        """Tokens whose embeddings lie furthest along ``W``'s top right singular vectors, and most-shifted tokens.
 
         Returns ``{"directions": [{"singular_value", "top": [...], "bottom": [...]}], "raised": [...],
-        "lowered": [...]}`` where raised/lowered rank tokens by the logit change ``(W e_v) · h̄`` for
-        the mean final hidden state ``h̄`` of the training texts (``info["mean_hidden"]``).
+        "lowered": [...]}`` where raised/lowered rank tokens by :meth:`logit_shift` at the mean
+        final hidden state ``h̄`` of the training texts (``info["mean_hidden"]``).
         """
         E = lm.hf.lm_head.weight.detach().double()  # [d_vocab, d_model]
-        U, S, Vh = torch.linalg.svd(self.matrix())
+        _, S, Vh = torch.linalg.svd(self.matrix())
         out: dict[str, Any] = {"directions": []}
         for i in range(min(n_directions, int((S > 0).sum()))):
-            proj = E @ Vh[i]  # component of each embedding along the i-th input singular direction
+            proj = E @ Vh[i]  # each embedding's component along the i-th right singular vector of W
             top, bot = torch.topk(proj, k).indices, torch.topk(-proj, k).indices
             out["directions"].append({"singular_value": float(S[i]), "top": [lm.decode(int(t)) for t in top],
                                       "bottom": [lm.decode(int(t)) for t in bot]})
         hbar = torch.tensor(self.info.get("mean_hidden", [0.0] * lm.d_model), dtype=torch.float64)
         if hbar.abs().sum() > 0:
-            shift = E @ (self.matrix().T @ hbar)  # d logit_v / d ε at h̄ = (W e_v) · h̄
+            shift = self.logit_shift(lm, hbar)
             out["raised"] = [lm.decode(int(t)) for t in torch.topk(shift, k).indices]
             out["lowered"] = [lm.decode(int(t)) for t in torch.topk(-shift, k).indices]
         return out

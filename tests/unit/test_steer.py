@@ -8,13 +8,15 @@ import torch
 from lens_memory.errors import ArtifactMismatchError, LayerOutOfRangeError, LensMemoryError
 from lens_memory.hooks import capture
 from lens_memory.steer.activations import contrast_activations, encode_pair_side
-from lens_memory.steer.behaviors import Behavior, BehaviorFormatError, ContrastPair, builtin_behaviors, load_behavior
-from lens_memory.steer.caa import CAAConfig, caa, resid_hook
+from lens_memory.steer.activations import ContrastActivations
+from lens_memory.steer.behaviors import (Behavior, BehaviorFormatError, ContrastPair, assign_splits, builtin_behaviors,
+                                         load_behavior, make_ab_items)
+from lens_memory.steer.caa import CAAConfig, caa, caa_layer_sweep, resid_hook
 from lens_memory.steer.decompose import decompose, matching_pursuit
 from lens_memory.steer.evaluate import (PromptingBaseline, SteerEvalConfig, SteeringEvaluation, behavior_probability,
                                         continuation_nll, distinct_n, evaluate_steering, is_monotonic)
 from lens_memory.steer.lm_steer import LMSteer, LMSteerConfig, lm_steer
-from lens_memory.steer.sta import STAConfig, feature_differences, sta_from_activations
+from lens_memory.steer.sta import STAConfig, feature_differences, select_features, sta_from_activations
 from lens_memory.steer.vector import SteeringNaNError, SteeringVector
 
 PAIRS = [ContrastPair("The film was", " great and fun.", " bad and dull."),
@@ -146,44 +148,154 @@ def test_bad_input_is_refused(tiny, tmp_path):
     assert load_behavior(j).train == [ContrastPair("It is", "good", "bad")]
 
 
-def test_sta_with_no_trim_and_every_feature_is_the_rescaled_decoded_difference(tiny):
+class IdentitySAE:
+    """encode = relu(x), W_dec = I: feature j is coordinate j, so the STA vector shows the kept features."""
+
+    def __init__(self, d):
+        self.W_dec = torch.eye(d, dtype=torch.float64)
+
+    def encode(self, x):
+        return torch.relu(x)
+
+
+def _hand_acts():
+    """4 pairs, 8 features. Positive example 0 has 5 answer tokens, every other example 1.
+
+    f0 fires on all 5 tokens of positive example 0 only (and weakly in negative example 0): frequent per
+    token (5/8 vs 1/4), but in 1 of 4 examples on both sides. f1 fires in all 4 positive examples (on one
+    token of example 0). f2 fires in every negative example; f3 weakly in one positive example; f4 has
+    amplitude and frequency differences of opposite signs.
+    """
+    pos = torch.zeros(8, 8)
+    pos[0:5, 0] = 1.0                      # f0: every token of positive example 0
+    pos[0, 1], pos[5:8, 1] = 1.5, 0.3      # f1: per-example mean 0.3 in each positive example
+    pos[5, 3] = 0.05                       # f3
+    pos[0:5, 4] = 0.4                      # f4: positive example 0 only
+    neg = torch.zeros(4, 8)
+    neg[0, 0] = 0.2                        # f0
+    neg[:, 2] = 0.4                        # f2
+    neg[1:4, 4] = 0.1                      # f4: three negative examples
+    return ContrastActivations("blocks.1.hook_resid_post", "answer_mean", pos, torch.tensor([0, 0, 0, 0, 0, 1, 2, 3]),
+                               neg, torch.tensor([0, 1, 2, 3]), 4)
+
+
+def _reference_selection(amplitude, frequency, keep):
+    """generate_sae_caa_vector.act_and_fre (mode act_and_freq), written out for these 8 features."""
+    def nrm(x):
+        a = x.abs()
+        return torch.sign(x) * (a - a.min()) / (a.max() - a.min() + 1e-8)
+
+    na, nf = nrm(amplitude), nrm(frequency)
+    score = torch.where(((na > 0) & (nf > 0)) | ((na < 0) & (nf < 0)), nf, torch.zeros_like(nf))
+    i = int(keep * len(score))
+    t_f = torch.sort(score.abs(), descending=True).values[i]
+    t_a = torch.sort(amplitude.abs(), descending=True).values[i]
+    return set(torch.nonzero((score.abs() >= t_f) & (amplitude.abs() >= t_a)).flatten().tolist())
+
+
+def test_sta_counts_frequency_per_example_and_keeps_the_papers_features(tiny):
+    acts, sae = _hand_acts(), IdentitySAE(8)
+    d = feature_differences(sae, acts)
+    # amplitude: mean over examples of the per-example mean over answer tokens
+    torch.testing.assert_close(d.amplitude, torch.tensor([0.2, 0.3, -0.4, 0.0125, 0.025, 0, 0, 0], dtype=torch.float64))
+    # frequency: fraction of *examples* in which the feature fires (not of tokens)
+    torch.testing.assert_close(d.frequency, torch.tensor([0.0, 1.0, -1.0, 0.25, -0.5, 0, 0, 0], dtype=torch.float64))
+    per_token = torch.tensor([5 / 8 - 1 / 4, 4 / 8, -1.0, 1 / 8, 5 / 8 - 3 / 4, 0, 0, 0], dtype=torch.float64)
+    # trim 0.75 keeps the top 25% (2 of 8, ties included) by each criterion: per example {f1, f2};
+    # per-token frequency would also keep the bursty f0 -- the example tells the two apart
+    assert _reference_selection(d.amplitude, d.frequency, 0.25) == {1, 2}
+    assert _reference_selection(d.amplitude, per_token, 0.25) == {0, 1, 2}
+    cfg = STAConfig(trim=0.75, rescale_to_caa=False)
+    assert set(torch.nonzero(select_features(d, cfg)).flatten().tolist()) == {1, 2}
+    vec = sta_from_activations(tiny, sae, acts, 1, "toy", cfg)
+    torch.testing.assert_close(vec.vectors[1].double(), torch.tensor([0, 0.3, -0.4, 0, 0, 0, 0, 0], dtype=torch.float64))
+    assert vec.info["n_features"] == 2 and vec.info["frequency"] == "per_example"
+    # rescaled to the norm of the CAA vector of the same activations (as the reference does)
+    scaled = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig(trim=0.75))
+    assert abs(scaled.norm() - float(acts.mean_difference().norm())) < 1e-5
+    torch.testing.assert_close(scaled.vectors[1] / scaled.norm(), vec.vectors[1] / vec.norm())
+
+
+def test_sta_zero_threshold_deviation_is_named_and_measured(tiny):
+    acts, sae = _hand_acts(), IdentitySAE(8)
+    # keep 75%: the 7th largest score is 0; the reference's ">= 0" then admits every feature, the
+    # sign-inconsistent f4 and the zero-frequency-difference f0 included
+    ours = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig(trim=0.25, rescale_to_caa=False))
+    assert torch.nonzero(ours.vectors[1]).flatten().tolist() == [1, 2, 3]
+    ref = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig(trim=0.25, rescale_to_caa=False,
+                                                                    reference_zero_threshold=True))
+    assert torch.nonzero(ref.vectors[1]).flatten().tolist() == [0, 1, 2, 3, 4]
+    assert ours.info["n_reference"] == 8 and ref.info["n_selected"] == 8
+    assert STAConfig().trim == 0.65 and STAConfig().mode == "act_and_freq" and STAConfig().rescale_to_caa
+    only_act = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig(trim=0.75, mode="only_act",
+                                                                         rescale_to_caa=False))
+    assert torch.nonzero(only_act.vectors[1]).flatten().tolist() == [0, 1, 2]
+    with pytest.raises(LensMemoryError, match="mode"):
+        STAConfig(mode="both")
+
+
+def test_sta_on_the_tiny_model_is_the_rescaled_decoded_kept_difference(tiny):
     hook = resid_hook(1)
     acts = contrast_activations(tiny, PAIRS, [hook])[hook]
     sae = ToySAE(tiny.d_model, 96)
-    vec = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig(trim=0.0, sign_consistency=False))
     d = feature_differences(sae, acts)
-    want = d.amplitude @ sae.W_dec.double()
+    keep = select_features(d, STAConfig())
+    vec = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig())
+    want = torch.where(keep, d.amplitude, torch.zeros_like(d.amplitude)) @ sae.W_dec.double()
     want = want * acts.mean_difference().norm() / want.norm()
     torch.testing.assert_close(vec.vectors[1].double(), want, atol=1e-5, rtol=1e-5)
-    assert abs(vec.norm() - float(acts.mean_difference().norm())) < 1e-3
-    kept = sta_from_activations(tiny, sae, acts, 1, "toy", STAConfig(trim=0.5))
-    consistent = int(((torch.sign(d.amplitude) == torch.sign(d.frequency)) & (d.amplitude != 0)).sum())
-    assert 0 < kept.info["n_features"] <= consistent // 2 + 1
+    assert 0 < vec.info["n_features"] <= int(0.35 * 96) + 1
     assert vec.hook_name(1) == hook
+
+
+def _sae_of(D):
+    return type("S", (), {"W_dec": D})()
 
 
 def test_decomposition_fractions_add_up():
     g = torch.Generator().manual_seed(1)
     D = torch.randn(50, 16, generator=g)
     v = 2.0 * D[3] - 0.5 * D[7] + 0.01 * torch.randn(16, generator=g)
-    dec = decompose(v, type("S", (), {"W_dec": D})(), k=6)
-    assert set(dec.features[:2]) == {3, 7}
+    dec = decompose(v, _sae_of(D), k=6, method="signed")
+    assert set(dec.features[:2]) == {3, 7} and dec.method == "signed"
     assert abs(sum(dec.fractions) + dec.residual_fraction - 1) < 1e-9
     assert abs(sum(dec.fractions) - dec.explained()) < 1e-9
     assert dec.explained(2) > 0.99 and all(a <= b + 1e-12 for a, b in zip(dec.explained_curve, dec.explained_curve[1:]))
-    exact = decompose(D[5].double() * 3, type("S", (), {"W_dec": D})(), k=1)
-    assert exact.features == [5] and abs(exact.coefficients[0] - 3) < 1e-9 and exact.residual_fraction < 1e-12
-    assert abs(float(exact.cosines[5]) - 1) < 1e-6
+    for method in ("nonnegative", "signed"):
+        exact = decompose(D[5].double() * 3, _sae_of(D), k=1, method=method)
+        assert exact.features == [5] and abs(exact.coefficients[0] - 3) < 1e-9 and exact.residual_fraction < 1e-12
+        assert abs(float(exact.cosines[5]) - 1) < 1e-6
     with pytest.raises(LensMemoryError, match="shape"):
-        decompose(torch.ones(15), type("S", (), {"W_dec": D})())
+        decompose(torch.ones(15), _sae_of(D))
+
+
+def test_decomposition_is_nonnegative_by_default():
+    D = torch.eye(16)[:10] * 2.0  # orthogonal decoder rows
+    neg = decompose(-3.0 * D[5], _sae_of(D), k=3)  # no non-negative SAE code reproduces -d_5
+    assert neg.method == "nonnegative" and neg.explained() == 0.0 and neg.explained(3) == 0.0
+    assert neg.features == [] and neg.residual_fraction == 1.0
+    signed = decompose(-3.0 * D[5], _sae_of(D), k=3, method="signed")
+    assert signed.features[0] == 5 and signed.coefficients[0] < 0 and signed.explained() > 1 - 1e-9
+    g = torch.Generator().manual_seed(3)
+    Dr = torch.randn(60, 12, generator=g)
+    for _ in range(20):
+        dec = decompose(torch.randn(12, generator=g), _sae_of(Dr), k=8)
+        assert all(c >= 0 for c in dec.coefficients)
+        assert all(0 <= e <= 1 for e in dec.explained_curve) and all(0 <= f <= 1 for f in dec.fractions)
+        assert all(a <= b + 1e-12 for a, b in zip(dec.explained_curve, dec.explained_curve[1:]))
+        assert abs(sum(dec.fractions) + dec.residual_fraction - 1) < 1e-9
 
 
 def test_matching_pursuit_residual_is_orthogonal_to_chosen_atoms():
     g = torch.Generator().manual_seed(2)
     D, v = torch.randn(30, 8, generator=g), torch.randn(8, generator=g)
-    feats, coef, _ = matching_pursuit(v, D, 4)
+    feats, coef, _ = matching_pursuit(v, D, 4, method="signed")
     r = v.double() - D[feats].double().T @ coef
     assert (D[feats].double() @ r).abs().max() < 1e-9
+    feats, coef, _ = matching_pursuit(v, D, 4)  # NNLS: orthogonal to the atoms it uses, <= 0 with the others
+    r = v.double() - D[feats].double().T @ coef
+    corr = D[feats].double() @ r
+    assert (corr[coef > 1e-12].abs().max() < 1e-7) and (corr[coef <= 1e-12] <= 1e-7).all()
 
 
 def test_lm_steer_strength_zero_equals_base_and_training_separates(tiny):
@@ -227,7 +339,7 @@ def test_behavior_probability_and_metrics(tiny):
 
 def test_evaluate_steering_is_artifact_agnostic(tiny, tmp_path):
     vec = caa(tiny, BEH, CAAConfig(layers=(1,)))
-    cfg = SteerEvalConfig(strengths=(-1.0, 1.0), gen_tokens=4, n_neutral_tokens=64)
+    cfg = SteerEvalConfig(strengths=(-1.0, 1.0), gen_tokens=4, n_neutral_tokens=64, split="all")
     BEH.scorer = "vader"
     ev = evaluate_steering(tiny, BEH, vec, cfg, progress=False)
     assert ev.strengths == [-1.0, 0.0, 1.0] and ev.rows[1]["kl_neutral"] == 0.0
@@ -239,3 +351,118 @@ def test_evaluate_steering_is_artifact_agnostic(tiny, tmp_path):
     assert base.method == "prompting" and base.strengths == [-1.0, 0.0, 1.0]
     # the unsteered row is the same whichever artifact is evaluated
     assert base.rows[1]["behavior_score"] == ev.rows[1]["behavior_score"]
+
+
+def _final_hidden(lm, ids):
+    """The unembedding's input (final normalised hidden state) at every position."""
+    got = {}
+
+    def grab(module, inputs, out):
+        got["h"] = out.detach().clone()
+
+    h = lm.bridge.hook_dict["unembed.hook_in"].register_forward_hook(grab)
+    try:
+        lm.hf(input_ids=ids)
+    finally:
+        h.remove()
+    return got["h"][0, -1].double()
+
+
+def test_lm_steer_matrix_is_the_papers_w_and_predicts_the_logit_derivative(tiny):
+    g = torch.Generator().manual_seed(0)
+    d = tiny.d_model
+    P, Q = torch.randn(d, 2, generator=g) * 0.3, torch.randn(d, 2, generator=g) * 0.3
+    st = LMSteer(P, Q, "toy", model=tiny.identity.to_dict())
+    ids = tiny.encode("The show was really")[None]
+    h = _final_hidden(tiny, ids)
+    eps = 1e-3
+    with torch.no_grad():
+        with st.apply(tiny, eps):
+            up = tiny.hf(input_ids=ids).logits[0, -1].double()
+        with st.apply(tiny, -eps):
+            down = tiny.hf(input_ids=ids).logits[0, -1].double()
+    measured = (up - down) / (2 * eps)  # d logit_v / d ε at ε = 0, every token v
+    E = tiny.hf.lm_head.weight.detach().double()
+    W = st.matrix()
+    torch.testing.assert_close(W, P.double() @ Q.double().T)  # W = P Qᵀ (projector1 projector2ᵀ)
+    predicted = E @ (W.T @ h)  # hᵀ W e_v: the steered embedding is e_v + ε W e_v
+    scale = measured.abs().max()
+    assert (predicted - measured).abs().max() < 1e-3 * scale
+    assert (E @ (W @ h) - measured).abs().max() > 0.1 * scale  # the transposed matrix does not
+    torch.testing.assert_close(st.logit_shift(tiny, h), predicted)
+    # the interpretation ranks tokens by that derivative, and projects embeddings on W's right singular vectors
+    st.info["mean_hidden"] = h.tolist()
+    interp = st.interpret(tiny, k=5, n_directions=1)
+    assert interp["raised"] == [tiny.decode(int(t)) for t in torch.topk(measured, 5).indices]
+    assert interp["lowered"] == [tiny.decode(int(t)) for t in torch.topk(-measured, 5).indices]
+    v1 = torch.linalg.svd(P.double() @ Q.double().T).Vh[0]
+    proj = E @ v1
+    sides = {tuple(tiny.decode(int(t)) for t in torch.topk(proj, 5).indices),
+             tuple(tiny.decode(int(t)) for t in torch.topk(-proj, 5).indices)}
+    assert {tuple(interp["directions"][0]["top"]), tuple(interp["directions"][0]["bottom"])} == sides
+
+
+def test_caa_ab_letter_is_the_mean_difference_at_the_answer_letter(tiny):
+    items = BEH.ab_items()
+    assert items == make_ab_items(PAIRS, seed=0)
+    assert sorted(it.matching for it in items) == ["A", "A", "B", "B"]  # balanced letters
+    for it, p in zip(items, PAIRS):
+        mine = p.positive.strip() if it.matching == "A" else p.negative.strip()
+        assert f"(A) {mine}" in it.question and p.prompt in it.question
+    vec = caa(tiny, BEH, CAAConfig(layers=(1, 2), form="ab_letter", batch_size=3))
+    for layer in (1, 2):
+        hook, diffs = resid_hook(layer), []
+        for it in items:
+            sides = []
+            for letter in (it.matching, it.not_matching):
+                ids = tiny.encode(f"Input: {it.question}\nResponse: (" + letter)  # the letter is the last token
+                assert tiny.decode(int(ids[-1])) == letter
+                sides.append(capture(tiny, ids[None], [hook])[hook][0, -1].double())
+            diffs.append(sides[0] - sides[1])
+        torch.testing.assert_close(vec.vectors[layer].double(), torch.stack(diffs).mean(0), atol=1e-5, rtol=1e-5)
+    assert vec.info["form"] == "ab_letter" and vec.config["form"] == "ab_letter" and vec.info["position"] == "letter"
+    default = caa(tiny, BEH, CAAConfig(layers=(1,)))
+    assert default.info["form"] == "completion_mean" and not torch.allclose(default.vectors[1], vec.vectors[1])
+    with pytest.raises(LensMemoryError, match="form"):
+        CAAConfig(form="letters")
+
+
+def test_builtin_ab_items_and_splits_are_recorded(tmp_path):
+    from importlib import resources
+
+    for name, b in builtin_behaviors().items():
+        raw = json.loads(resources.files("lens_memory").joinpath(f"data/behavior_{name}.json").read_text())
+        assert len(raw["ab_train"]) == len(b.train) and len(raw["eval_split"]) == len(b.eval_prompts)
+        assert b.ab_train == make_ab_items(b.train, seed=0)  # recorded = built from the pairs, seed 0
+        assert sum(it.matching == "A" for it in b.ab_train) == len(b.train) // 2
+        assert b.eval_split_labels == assign_splits(b.eval_prompts) == raw["eval_split"]
+        dev, test = b.split("dev"), b.split("test")
+        assert len(dev.eval_prompts) == len(test.eval_prompts) == len(b.eval_prompts) // 2
+        assert not set(dev.eval_prompts) & set(test.eval_prompts)
+        assert set(dev.eval_prompts) | set(test.eval_prompts) == set(b.eval_prompts)
+        assert dev.eval_split == "dev" and dev.train == b.train and b.split("all") is b
+        with pytest.raises(BehaviorFormatError, match="holds only"):
+            dev.split("test")
+        back = load_behavior(b.save(tmp_path / f"{name}.json"))
+        assert back.ab_train == b.ab_train and back.eval_split_labels == b.eval_split_labels
+    # the split depends on the prompt text only, not on the order
+    prompts = [f"prompt number {i}" for i in range(11)]
+    assert assign_splits(prompts[::-1]) == assign_splits(prompts)[::-1] and assign_splits(prompts).count("dev") == 5
+
+
+def test_evaluation_runs_on_and_records_one_split(tiny, monkeypatch):
+    import lens_memory.steer.evaluate as ev_mod
+
+    b = Behavior("toy", PAIRS, [f"Item {i} was" for i in range(6)], [" good"], [" bad"])
+    seen = []
+    real = ev_mod.generate
+    monkeypatch.setattr(ev_mod, "generate", lambda lm, prompts, **kw: seen.append(list(prompts)) or real(lm, prompts, **kw))
+    vec = caa(tiny, b, CAAConfig(layers=(1,)))
+    ev = evaluate_steering(tiny, b, vec, SteerEvalConfig(strengths=(1.0,), gen_tokens=2, n_neutral_tokens=0),
+                           progress=False)
+    assert ev.split == "test" and ev.summary()["split"] == "test" and ev.config["split"] == "test"
+    assert all(p == b.split("test").eval_prompts for p in seen) and len(seen[0]) == 3
+    sweep = caa_layer_sweep(tiny, b, layers=[1, 2], strength=1.0)
+    assert sweep.split == "dev" and sweep.form == "completion_mean"
+    with pytest.raises(LensMemoryError, match="split"):
+        SteerEvalConfig(split="train")
