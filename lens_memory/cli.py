@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of hidden,mlp,attn,hidden_sever_mlp,hidden_sever_attn")
     t.add_argument("--samples", type=int, default=10, help="noise samples per corrupted run")
     t.add_argument("--noise", default="auto", help="'auto' (3x subject-embedding std) or a fixed scale")
-    t.add_argument("--window", type=int, default=10, help="layers restored together for mlp/attn cells")
+    t.add_argument("--window", default="scaled",
+                   help="layers restored together for mlp/attn cells: an integer, or 'scaled' = ROME's 10 of 48 "
+                        "layers scaled to the model's depth, round(10/48 x n_layers) (4 on an 18-layer model)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--engine", default="fast", choices=["fast", "reference"])
     t.add_argument("--heatmaps", type=int, default=8, help="per-fact heatmap figures to write")
@@ -61,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", type=int, default=None, help="ROME layer (default: traced suggestion)")
     e.add_argument("--layers", default=None, help="MEMIT layers, comma list (default: traced suggestion)")
     e.add_argument("--trace-facts", type=int, default=3,
-                   help="facts traced (MLP restoration) to suggest the layer(s); 0 uses the model's default")
+                   help="dev-split facts traced (MLP restoration) to suggest the layer(s); 0 uses the model's default")
+    e.add_argument("--split", default="test", choices=["test", "dev", "all"],
+                   help="facts edited and reported (default: the test split; layers are chosen on dev facts)")
     e.add_argument("--stats-tokens", type=int, default=None,
                    help="corpus tokens for the key statistics (default: the model's, e.g. 16384 for gemma-3-270m)")
     e.add_argument("--corpus", default=None,
@@ -69,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or hf:NAME[:CONFIG[:SPLIT]] (default: the model's)")
     e.add_argument("--sequential", action="store_true", help="ROME: each edit computed on the previously edited model")
     e.add_argument("--fluency-facts", type=int, default=10, help="facts whose generations are scored")
-    e.add_argument("--gen-tokens", type=int, default=50, help="tokens generated per fluency prompt")
+    e.add_argument("--gen-tokens", type=int, default=None,
+                   help="new tokens per fluency prompt (default: ROME's, 100 tokens including the prompt)")
     e.add_argument("--no-retrace", action="store_true", help="skip tracing the new fact on the edited model")
     e.add_argument("--seed", type=int, default=0)
 
@@ -84,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--sae", default=None,
                     help="SAE for STA/decomposition: 'train' (offline, cached; default for sta), a saved SAE "
                          "directory, or RELEASE:SAE_ID (online)")
+    st.add_argument("--caa-form", default="completion_mean", choices=["completion_mean", "ab_letter"],
+                    help="CAA's form: completion_mean (EasyEdit2, default) or ab_letter (Rimsky et al.'s A/B letter)")
+    st.add_argument("--split", default="test", choices=["dev", "test", "all"],
+                    help="evaluation prompts: test (report; default), dev (choose strengths/layers) or all")
     st.add_argument("--no-baseline", action="store_true", help="skip the prompting baseline")
     st.add_argument("--quick", action="store_true", help="smaller SAE and LM-Steer training")
     st.add_argument("--seed", type=int, default=0)
@@ -148,6 +157,29 @@ def _cmd_trace(args) -> dict:
     return summary
 
 
+#: the edit command's headline metrics (post-edit means; definitions in lens_memory.metrics)
+EDIT_SUMMARY_METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "efficacy_accuracy",
+                        "paraphrase_accuracy", "neighborhood_accuracy", "efficacy_magnitude", "paraphrase_magnitude",
+                        "neighborhood_magnitude", "fluency_ngram_entropy", "consistency_model_text_tfidf")
+
+
+def _edit_metrics(s: dict, ev) -> dict:
+    """Post-edit means with ``_ci95`` and ``_n``, ROME's ``score_s``, and the same under ``"pre"``."""
+    out: dict = {"n": s["n_facts"], "n_generation_facts": s["n_generation_facts"]}
+    for m in EDIT_SUMMARY_METRICS:
+        if m in s["post"]:
+            out.update({m: s["post"][m], m + "_ci95": s["post"][m + "_ci95"], m + "_n": s["post"][m + "_n"]})
+        elif m == "fluency_ngram_entropy":  # not generated (--fluency-facts 0)
+            out.update({m: None, m + "_ci95": [None, None], m + "_n": 0})
+    out["score_s"] = s["post"]["score_s"]
+    out["pre"] = {k: s["pre"][k] for k in EDIT_SUMMARY_METRICS + ("score_s",) if k in s["pre"]}
+    out.update({k: ev.generation.get(k) for k in ("generation_protocol", "gen_tokens", "max_out_len",
+                                                   "fluency_tokenizer") if k in ev.generation})
+    out.update({"neighborhood_prompts": ev.provenance.get("neighborhood_prompts"),
+                "neighborhood_excluded": ev.provenance.get("neighborhood_excluded")})
+    return out
+
+
 def _cmd_edit(args) -> dict:
     import dataclasses
 
@@ -165,12 +197,13 @@ def _cmd_edit(args) -> dict:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     lm = load_model(args.model)
-    facts = sample_known_facts(lm, load_facts(args.facts), args.limit)
+    facts = sample_known_facts(lm, load_facts(args.facts, split=args.split), args.limit)
     seconds: dict[str, float] = {}
     t = time.time()
     suggestion = None
     if args.layer is None and args.layers is None and args.trace_facts > 0:
-        tr = trace_facts(lm, facts[:args.trace_facts], TraceConfig(kinds=("mlp",)), only_known=False)
+        dev = sample_known_facts(lm, load_facts(args.facts, split="dev"), args.trace_facts)
+        tr = trace_facts(lm, dev, TraceConfig(kinds=("mlp",)), only_known=False)
         tr.save(args.out / "trace_pre")
         suggestion = tr.suggest_layers()
         viz.save_figure(viz.plot_aie(tr, ["mlp"]), args.out / "figures" / "aie_pre")
@@ -211,7 +244,7 @@ def _cmd_edit(args) -> dict:
     per_fact = args.method == "rome" and not args.sequential
     ev = evaluate_edits(lm, facts, edits, per_fact=per_fact,
                         config=EvalConfig(fluency_facts=args.fluency_facts, gen_tokens=args.gen_tokens, seed=args.seed),
-                        provenance={"method": args.method, "layers": layers, "config": cfg.to_dict(),
+                        provenance={"method": args.method, "layers": layers, "config": cfg.to_dict(), "split": args.split,
                                     "sequential": args.sequential, "facts_source": str(args.facts)})
     seconds["evaluate"] = time.time() - t
     ev.save(args.out / "evaluation")
@@ -235,19 +268,9 @@ def _cmd_edit(args) -> dict:
     s = ev.summary()
     n_edits = len(facts)
     summary = {"command": "edit", "method": args.method, "n_edits": n_edits, "layers": layers,
-               "sequential": args.sequential,
-               "efficacy_score": s["post"]["efficacy_score"], "paraphrase_score": s["post"]["paraphrase_score"],
-               "neighborhood_score": s["post"]["neighborhood_score"],
-               "efficacy_accuracy": s["post"]["efficacy_accuracy"], "paraphrase_accuracy": s["post"]["paraphrase_accuracy"],
-               "neighborhood_accuracy": s["post"]["neighborhood_accuracy"],
-               "efficacy_magnitude": s["post"]["efficacy_magnitude"],
-               "ci95": {k: s["post"][k + "_ci95"] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score")},
-               "pre": {k: s["pre"][k] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score",
-                                                  "efficacy_accuracy", "paraphrase_accuracy", "neighborhood_accuracy")},
-               "neighborhood_prompts": ev.provenance.get("neighborhood_prompts"),
-               "neighborhood_excluded": ev.provenance.get("neighborhood_excluded"),
-               "fluency_pre": s.get("fluency_pre"), "fluency_post": s.get("fluency_post"),
-               "consistency_pre": s.get("consistency_pre"), "consistency_post": s.get("consistency_post"),
+               "split": args.split, "layer_choice": ("given" if args.layer is not None or args.layers else
+                                                     "traced on dev facts" if suggestion else "model default"),
+               "sequential": args.sequential, **_edit_metrics(s, ev),
                "seconds_per_edit": seconds["edit"] / n_edits, "stats_seconds": seconds["stats"],
                "stats_tokens": {j: stats[j].n_tokens for j in layers}, "stats_corpus": stats[layers[0]].corpus,
                "trace_suggestion": dataclasses.asdict(suggestion) if suggestion else None,
@@ -267,10 +290,11 @@ def _cmd_steer(args) -> dict:
                      else DEFAULT_STRENGTHS[args.method])
     except ValueError:
         raise ValueError(f"--strengths must be a comma list of numbers, got {args.strengths!r}") from None
-    cfg = SteerEvalConfig(strengths=strengths, n_prompts=args.n_prompts, gen_tokens=args.gen_tokens, seed=args.seed)
+    cfg = SteerEvalConfig(strengths=strengths, n_prompts=args.n_prompts, gen_tokens=args.gen_tokens, seed=args.seed,
+                          split=args.split)
     lm = load_model(args.model)
     return run_steering(lm, args.method, args.behavior, args.out, layer=args.layer, eval_cfg=cfg, sae=args.sae,
-                        baseline=not args.no_baseline, quick=args.quick)
+                        baseline=not args.no_baseline, quick=args.quick, caa_form=args.caa_form)
 
 
 def _cmd_memory(args) -> dict:

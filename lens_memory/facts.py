@@ -293,11 +293,19 @@ def load_counterfact(source: str | Path) -> list[Fact]:
     return [_counterfact_record(r, i) for i, r in enumerate(_read_records(source))]
 
 
-def load_facts(source: str | Path = "builtin", limit: int | None = None) -> list[Fact]:
-    """``"builtin"``, or a known-facts / CounterFact / lens_memory fact JSON from a path or URL."""
-    facts = builtin_facts() if str(source) == "builtin" else facts_from_records(_read_records(source))
+def load_facts(source: str | Path = "builtin", limit: int | None = None, split: str | None = None) -> list[Fact]:
+    """``"builtin"``, ``"heldout"`` (the shipped CounterFact-format held-out set, written by
+    ``analyses/make_heldout_facts.py``), or a known-facts / CounterFact / lens_memory fact JSON from a
+    path or URL; ``split`` keeps one split (:func:`fact_split`) before ``limit``."""
+    if str(source) == "builtin":
+        facts = builtin_facts()
+    elif str(source) == "heldout":
+        facts = facts_from_records(json.loads(files("lens_memory").joinpath("data/counterfact_heldout.json").read_text()))
+    else:
+        facts = facts_from_records(_read_records(source))
+    facts = split_facts(facts, split)
     if not facts:
-        raise LensMemoryError(f"no facts in {source!r}")
+        raise LensMemoryError(f"no facts in {source!r}" + (f" (split {split!r})" if split else ""))
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")

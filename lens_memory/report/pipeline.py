@@ -71,8 +71,6 @@ class ReportConfig:
                      "steer_tokens", "gen_tokens"):
             if getattr(self, name) < 1:
                 raise LensMemoryError(f"ReportConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.trace_facts > self.n_facts:
-            raise LensMemoryError(f"trace_facts ({self.trace_facts}) > n_facts ({self.n_facts})")
         if "mlp" not in self.trace_kinds:
             raise LensMemoryError(f"trace_kinds must include 'mlp' (it picks the edit layers), got {self.trace_kinds}")
         missing = {"caa", "sta", "lmsteer"} - set(self.steer_strengths)
@@ -94,8 +92,8 @@ class ReportConfig:
     def stage_config(self, stage: str) -> dict[str, Any]:
         """The part of the config a stage depends on (its cache key), plus the stages it reads."""
         c = self.to_dict()
-        common = {k: c[k] for k in ("model", "facts", "n_facts", "known_only", "seed")}
-        own = {"facts": (), "trace": ("trace_facts", "trace_kinds", "trace_samples"),
+        common = {k: c[k] for k in ("model", "facts", "n_facts", "known_only", "seed")} | {"splits": "test/dev-v1"}
+        own = {"facts": ("trace_facts",), "trace": ("trace_facts", "trace_kinds", "trace_samples"),
                "rome": ("trace_facts", "trace_kinds", "trace_samples"),
                "memit": ("trace_facts", "trace_kinds", "trace_samples", "memit_width"),
                "memory": ("top_k", "memory_sweep", "n_attention", "cost_facts"),
@@ -107,7 +105,7 @@ class ReportConfig:
             method = stage.split("_", 1)[1]
             return {"model": self.model, "behavior": self.behavior, "steer_prompts": self.steer_prompts,
                     "steer_tokens": self.steer_tokens, "strengths": list(self.steer_strengths[method]),
-                    "quick_training": self.quick_training, "seed": self.seed}
+                    "quick_training": self.quick_training, "seed": self.seed, "eval_split": "test"}
         return {**common, **{k: c[k] for k in own}}
 
 
@@ -134,32 +132,44 @@ def _facts(runner: StageRunner):
 # -- stages ---------------------------------------------------------------------------------------
 
 def _stage_facts(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path) -> dict[str, Any]:
+    """The reported facts (test split) and, separately, the dev-split facts that tracing picks layers on."""
     from ..facts import load_facts, sample_known_facts, spread_facts
 
     lm = model()
-    if cfg.known_only:
-        facts = sample_known_facts(lm, load_facts(cfg.facts), cfg.n_facts)
-    else:  # e.g. a random test model, which knows nothing
-        facts = [f for f in spread_facts(load_facts(cfg.facts)) if f.target_new][:cfg.n_facts]
-    write_json(d / "facts.json", [f.to_dict() for f in facts])
-    return {"n_facts": len(facts), "relations": sorted({f.relation_id for f in facts}),
-            "model": lm.identity.to_dict()}
+    picked = {}
+    for split, n, name in (("test", cfg.n_facts, "facts.json"), ("dev", cfg.trace_facts, "dev_facts.json")):
+        pool = load_facts(cfg.facts, split=split)
+        if cfg.known_only:
+            picked[split] = sample_known_facts(lm, pool, n)
+        else:  # e.g. a random test model, which knows nothing
+            picked[split] = [f for f in spread_facts(pool) if f.target_new][:n]
+        write_json(d / name, [f.to_dict() for f in picked[split]])
+    facts = picked["test"]
+    return {"n_facts": len(facts), "split": "test", "n_dev_facts": len(picked["dev"]),
+            "relations": sorted({f.relation_id for f in facts}), "model": lm.identity.to_dict()}
+
+
+def _dev_facts(runner: StageRunner):
+    from ..facts import facts_from_records
+
+    return facts_from_records(read_json(runner.path("facts") / "dev_facts.json"))
 
 
 def _stage_trace(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path) -> dict[str, Any]:
+    """Causal tracing of dev-split facts; its MLP peak and window are the edit layers of ROME and MEMIT."""
     from .. import viz
     from ..trace import TraceConfig, trace_facts
 
     lm = model()
     tcfg = TraceConfig(kinds=tuple(cfg.trace_kinds), n_samples=cfg.trace_samples, seed=cfg.seed + 1)
-    res = trace_facts(lm, _facts(runner)[:cfg.trace_facts], tcfg, only_known=False)
+    res = trace_facts(lm, _dev_facts(runner)[:cfg.trace_facts], tcfg, only_known=False)
     res.save(d / "trace")
     viz.save_figure(res.plot(), d / "figures" / "aie")
     for kind in res.kinds:
         viz.save_figure(viz.plot_trace_heatmap(res.traces[0], kind, window=tcfg.window), d / "figures" / f"heatmap_{kind}")
     sug = res.suggest_layers(width=cfg.memit_width)
     return {**res.summary(), "suggested_layer": sug.layer, "suggested_layers": list(sug.layers),
-            "config": tcfg.to_dict()}
+            "split": "dev", "config": tcfg.to_dict()}
 
 
 def _stage_edit(method: str):
@@ -270,7 +280,7 @@ def _stage_steer(method: str):
         from ..steer.pipeline import run_steering
 
         ecfg = SteerEvalConfig(strengths=tuple(cfg.steer_strengths[method]), n_prompts=cfg.steer_prompts,
-                               gen_tokens=cfg.steer_tokens, seed=cfg.seed)
+                               gen_tokens=cfg.steer_tokens, seed=cfg.seed, split="test")
         return run_steering(model(), method, cfg.behavior, d, eval_cfg=ecfg, baseline=(method == "caa"),
                             quick=cfg.quick_training)
     return stage
