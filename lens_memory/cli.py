@@ -149,7 +149,7 @@ def _cmd_trace(args) -> dict:
     viz.save_figure(result.plot(), figs / "aie")
     for i, tr in enumerate(result.traces[: args.heatmaps]):
         for kind in result.kinds:
-            viz.save_figure(viz.plot_trace_heatmap(tr, kind, window=cfg.window), figs / f"fact{i:03d}_{kind}")
+            viz.save_figure(viz.plot_trace_heatmap(tr, kind, window=result.window), figs / f"fact{i:03d}_{kind}")
     summary = {"command": "trace", "model": lm.identity.to_dict(), "config": cfg.to_dict(),
                "noise_scale": result.provenance["noise_scale"], **result.summary(),
                "wall_seconds": round(time.time() - t0, 1)}
@@ -259,7 +259,7 @@ def _cmd_edit(args) -> dict:
             rt = trace_facts(lm, [new_fact], TraceConfig(kinds=("mlp", "hidden")), only_known=False)
         rt.save(args.out / "trace_post")
         for kind in rt.kinds:
-            viz.save_figure(viz.plot_trace_heatmap(rt.traces[0], kind, window=10), args.out / "figures" / f"retrace_{kind}")
+            viz.save_figure(viz.plot_trace_heatmap(rt.traces[0], kind, window=rt.window), args.out / "figures" / f"retrace_{kind}")
         sug = rt.suggest_layers()
         retrace = {"fact": new_fact.prompt, "target": new_fact.target_true, "peak_mlp_layer": sug.layer,
                    "edited_layers": layers, "clean_prob": float(rt.traces[0].high),

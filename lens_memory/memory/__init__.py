@@ -1,8 +1,9 @@
 """Key-value memories (Memory3-style) attached to attention, and how they change attention.
 
-Modules: :mod:`.bank` (encode, sparsify, save), :mod:`.attach` (the reversible attention hooks),
-:mod:`.attention` (attention to memory vs context), :mod:`.evaluate` (exactness, cost),
-:mod:`.pipeline` (``lens-memory memory``).
+Yang et al. (2024), "Memory3: Language Modeling with Explicit Memory". Modules: :mod:`.bank` (encode,
+sparsify, save; the deviations from Memory3 and their measured effects), :mod:`.attach` (the reversible
+attention hooks, positions), :mod:`.attention` (attention to memory vs context), :mod:`.evaluate`
+(exactness, cost, layer sweep), :mod:`.pipeline` (``lens-memory memory``).
 """
 
 from .attention import AttentionComparison, AttentionProfile, attention_profile, compare_attention

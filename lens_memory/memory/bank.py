@@ -25,6 +25,32 @@ A :class:`MemoryBank` is an artifact: ``with bank.apply(model): ...`` attaches i
 reversible), ``bank.save(dir)`` writes safetensors + JSON, ``bank.nbytes()`` counts the stored
 keys and values, ``bank.sparsify(k)`` re-sparsifies a dense bank without re-encoding, and
 ``bank.subset(ids)`` keeps some references (e.g. the retrieved ones).
+
+Fidelity. Reference code: none was used; this follows the paper's description. Deviations, and why:
+
+* **The model was not trained to read memories.** Memory3 is a 2.4B model pretrained, in two stages, to
+  attend to explicit memories. Here memories are attached to an off-the-shelf model (Gemma 3 270M), so a
+  memory can only work the way a text prefix's keys and values work. The defaults follow from that:
+  ``layers="all"`` (not Memory3's first half) and dense storage. Measured on 30 known DEV facts
+  (``sample_known_facts``), each scored with only its own counterfactual reference, efficacy / paraphrase /
+  neighbourhood success: a dense memory at all layers gives 0.93 / 0.65 / 0.90; at the first half
+  (layers 0-8) it gives 0.00 / 0.00 / 1.00, dense or top-8: no effect at all.
+  :func:`~lens_memory.memory.evaluate.memory_layer_sweep` measures this for any layer sets.
+* **Exactness instead of training.** One dense reference at every layer, ``position="stacked"``, gives the
+  logits of ``BOS + reference + query`` as one token sequence (checked by
+  :func:`~lens_memory.memory.evaluate.exactness_check` through the model's own Hugging Face forward; max
+  |delta logit| 3.2e-5 over 10 of those facts). This is the reference point the other options deviate from.
+* **Sparsification rule.** Memory3 keeps about 8 tokens per head, chosen by attention. Here ``top_k`` tokens
+  per reference, layer and *key-value* head are kept by the importance defined above (attention received,
+  summed over the query heads of the group, averaged over the rows that can see the token). The BOS is kept
+  once. Memory3 also compresses the kept vectors (vector quantisation); here they are stored in the model's
+  dtype. On the same 30 facts, references average 11.1 tokens after BOS, so top-8 keeps 8 of them. Top-8
+  at all layers gives 0.80 / 0.55 / 0.90, against dense 0.93 / 0.65 / 0.90; it stores 8.9 MB against
+  12.3 MB for the 30 references.
+* **References.** Memory3's references are chunks of about 128 tokens. Here a reference is one short
+  sentence per fact (:func:`~lens_memory.rag.fact_documents`), the same text the RAG baseline reads.
+* **Positions** (:mod:`.attach`). ``stacked`` is what makes the exactness above hold; ``parallel`` gives
+  every reference its encoded positions.
 """
 
 from __future__ import annotations

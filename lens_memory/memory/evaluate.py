@@ -2,8 +2,9 @@
 
 * :func:`exactness_check` -- a causal model's keys and values of a text prefix are exactly what
   a dense memory of that text stores, so a one-reference dense memory attached at every layer
-  (``position="stacked"``) must give the logits of ``reference + query`` read as one text. Returns the
-  largest absolute logit difference over the query's tokens.
+  (``position="stacked"``) must give the logits of ``BOS + reference + query`` read as one token
+  sequence. Returns the largest absolute logit difference over the query's tokens: at most 3.2e-5 on
+  Gemma 3 270M for 10 built-in counterfactual references and their prompts.
 * :func:`memory_layer_sweep` -- which layers must carry a fact's memory for the model to use it.
 * :func:`measure_cost` -- per condition (any artifact with ``apply(lm)``, or ``None``): prefill
   milliseconds (a forward pass over the prompt producing the first token), decode milliseconds
@@ -35,8 +36,15 @@ def exactness_check(lm: Any, reference: str, query: str) -> float:
     """Max |logit difference| between ``reference`` as a dense all-layer memory and as a text prefix.
 
     Both sides are the model's own Hugging Face forward (``lm.hf``), never our partial-forward
-    engine: the text side runs ``BOS + reference + query`` (the identical token sequence), the
-    memory side runs ``BOS + query`` with the memory attached.
+    engine: the text side runs ``BOS + reference + query``, the memory side runs ``BOS + query`` with
+    the memory attached, and the query's tokens after BOS are compared. The token sequences are the
+    same by construction. The reference tokens are ``lm.encode(reference)``, which are the ids
+    :func:`~lens_memory.memory.bank.encode_memory` encodes. The query tokens are ``lm.encode(query)``
+    without their BOS, whose place the memory's shared BOS takes. This is the concatenation of the two
+    token lists, not the tokenization of the joined string. On Gemma 3 270M the two agree for all 492
+    built-in fact documents and their prompts. RAG's default template puts ``"\\n\\n"`` (one token on
+    Gemma) between document and query, so RAG is *not* this text side; RAG with
+    ``template="{context}{query}"`` is (tested).
     """
     bank = encode_memory(lm, [reference], MemoryConfig(layers="all", top_k=None, position="stacked"))
     r_ids, q_ids = lm.encode(reference), lm.encode(query)

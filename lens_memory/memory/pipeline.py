@@ -5,6 +5,13 @@ in a :class:`~lens_memory.rag.store.DocumentStore`, as a dense KV memory and as 
 head) KV memory -- then compared on the same facts: exactness of the dense memory against the text
 prefix, retrieval recall, efficacy / paraphrase / neighbourhood with each fact's reference present
 (per fact, as for weight edits), attention to memory vs context, and cost in time and bytes.
+
+What is compared with what. Every condition holds the same text per fact, the sentence
+:func:`~lens_memory.rag.fact_documents` writes, and each fact is scored with only its own reference
+present. The tokens differ in one place: RAG reads ``BOS + document + "\\n\\n" + prompt``, while the dense
+memory stands for ``BOS + document + prompt`` (exact to float error, :func:`.evaluate.exactness_check`).
+The sparse memory keeps ``top_k`` of those document tokens per layer and key-value head. The measured
+effect of the separator is in :mod:`lens_memory.rag`.
 """
 
 from __future__ import annotations

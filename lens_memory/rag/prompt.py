@@ -9,6 +9,10 @@ line, then the query, e.g.::
 
     The Eiffel Tower is located in the city of
 
+The blank line is one extra token (``"\\n\\n"``, id 108 on Gemma 3 270M) that a KV memory of the same
+document does not read. ``template="{context}{query}"`` gives exactly the memory's token sequence;
+:mod:`lens_memory.rag` records the measured effect of the separator.
+
 :func:`fact_documents` writes counterfactual :class:`~lens_memory.facts.Fact` s as such reference
 sentences (``template.format(subject) + " " + target_new + "."``), so that retrieval is the
 in-context counterpart of editing the weights with ROME/MEMIT; :func:`build_fact_store` puts

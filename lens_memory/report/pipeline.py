@@ -166,7 +166,7 @@ def _stage_trace(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path)
     res.save(d / "trace")
     viz.save_figure(res.plot(), d / "figures" / "aie")
     for kind in res.kinds:
-        viz.save_figure(viz.plot_trace_heatmap(res.traces[0], kind, window=tcfg.window), d / "figures" / f"heatmap_{kind}")
+        viz.save_figure(viz.plot_trace_heatmap(res.traces[0], kind, window=res.window), d / "figures" / f"heatmap_{kind}")
     sug = res.suggest_layers(width=cfg.memit_width)
     return {**res.summary(), "suggested_layer": sug.layer, "suggested_layers": list(sug.layers),
             "split": "dev", "config": tcfg.to_dict()}

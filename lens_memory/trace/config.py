@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TraceConfig", "KINDS", "SEVERED_KINDS", "restore_hooks", "window_layers"]
+__all__ = ["TraceConfig", "KINDS", "SEVERED_KINDS", "restore_hooks", "window_layers", "scaled_window",
+           "REFERENCE_WINDOW", "REFERENCE_LAYERS"]
 
 #: Restorations: the clean hidden state (residual stream after the block), MLP output, attention output.
 KINDS = ("hidden", "mlp", "attn")
@@ -20,6 +21,22 @@ _HOOKS = {"hidden": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out"
 def restore_hooks(kind: str) -> str:
     """TransformerLens hook-name template restored by ``kind`` (``{}`` = layer)."""
     return _HOOKS["hidden" if kind.startswith("hidden") else kind]
+
+
+#: ROME's restoration window (Meng et al. 2022: 10 layers) and the depth of the model it was set for (GPT-2 XL).
+REFERENCE_WINDOW = 10
+REFERENCE_LAYERS = 48
+
+
+def scaled_window(n_layers: int) -> int:
+    """ROME's window at this depth: ``round(10 / 48 * n_layers)``, rounded half up, at least 1.
+
+    ROME restores 10 of GPT-2 XL's 48 layers (about a fifth of the depth) together; scaling keeps
+    that fraction, e.g. 4 of Gemma 3 270M's 18 layers, 3 of 12, 10 of 48.
+    """
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    return max(1, (2 * REFERENCE_WINDOW * n_layers + REFERENCE_LAYERS) // (2 * REFERENCE_LAYERS))
 
 
 def window_layers(kind: str, layer: int, window: int, n_layers: int) -> list[int]:
@@ -41,17 +58,50 @@ class TraceConfig:
         noise: ``"auto"`` (``noise_multiplier`` x the standard deviation of subject-token embeddings
             measured over the traced fact set, as in the paper) or a fixed scale.
         noise_multiplier: the multiplier for ``"auto"`` (paper: 3).
-        window: layers restored together for MLP / attention cells (paper: 10).
+        window: layers restored together for MLP / attention cells: a positive integer, or ``"scaled"``
+            (default): ROME's 10 of GPT-2 XL's 48 layers scaled to the model's depth,
+            ``round(10/48 x n_layers)`` rounded half up (:func:`scaled_window`; 4 on Gemma 3 270M). The
+            resolved integer is what runs; results record it (``provenance["window"]``, ``summary()["window"]``).
         seed: seed of the Gaussian noise; the same noise is used for every cell of a fact.
         engine: ``"fast"`` (batched, partial recomputation, last-position logits) or ``"reference"``
             (one full forward with all logits per cell, as ROME's code).
+
+    Why the window is scaled. Setup: Gemma 3 270M; 6 known facts from the built-in DEV split, one per
+    relation (``spread_facts``); 10 samples; noise 3 sigma = 3.09; seed 1; fast engine. Mean clean
+    p(answer) was 0.739 and mean corrupted p(answer) 0.052. The table gives the MLP AIE at the last subject
+    token (mean over facts, 95% normal interval) and what :meth:`TraceResult.suggest_layers` makes of it.
+    "Stable" is the share of 2,000 bootstrap resamples of the facts that pick the same layer.
+
+    ======  ======================  ==========  ===========  ============  ===============  ======
+    window  peak MLP AIE            peak layer  ROME layer   MEMIT layers  layers >= half   stable
+                                                (suggested)  (suggested)   the peak
+    ======  ======================  ==========  ===========  ============  ===============  ======
+    10      0.355 [0.186, 0.524]    5           5            4-8           9 (0-8)          0.61
+    6       0.321 [0.169, 0.473]    6           6            2-6           6 (1-6)          0.62
+    4       0.305 [0.157, 0.453]    5           5            2-6           4 (2-5)          0.87
+    1       0.167 [0.091, 0.243]    3           3            3-7           1 (3)            1.00
+    ======  ======================  ==========  ===========  ============  ===============  ======
+
+    Attention AIE peaks at the last token: 0.661 [0.512, 0.810] at layer 13 (window 10), 0.609
+    [0.411, 0.807] at 13 (window 6), 0.562 [0.376, 0.748] at 12 (window 4), 0.351 [0.151, 0.552] at 12
+    (window 1).
+
+    The single-layer trace puts the effect in the MLP of layer 3: it is the per-fact argmax for 5 of the
+    6 facts. A windowed curve has a plateau over every centre whose window contains layer 3: 0.27-0.36 over
+    centres 0-8 at window 10. The suggested layer is the argmax, which falls at the top of that plateau, so
+    windows 10 and 4 both suggest 5, not 3. Window 10 has two problems. Its MEMIT range, 4-8, misses
+    layer 3, and its suggested layer is only 0.61 stable (0.62 at window 6). The scaled window, 4, narrows
+    the plateau to layers 2-5, and its MEMIT range, 2-6, contains layer 3. It is 0.87 stable, keeps ROME's
+    share of the depth (about a fifth) and keeps most of the windowed effect (0.305 against 0.355).
+    ``window=1`` localises best here. It stays an option, not the default: one layer's effect is smaller
+    (0.167), and the default keeps ROME's design of restoring a run of layers, at the same share of the depth.
     """
 
     kinds: tuple[str, ...] = KINDS
     n_samples: int = 10
     noise: float | str = "auto"
     noise_multiplier: float = 3.0
-    window: int = 10
+    window: int | str = "scaled"
     seed: int = 1
     engine: str = "fast"
 
@@ -76,10 +126,17 @@ class TraceConfig:
             raise ValueError(f"noise scale must be >= 0, got {self.noise!r}")
         if not self.noise_multiplier > 0:
             raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier!r}")
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"window must be a positive integer, got {self.window!r}")
+        object.__setattr__(self, "window", _check_window(self.window))
         if self.engine not in ("fast", "reference"):
             raise ValueError(f"engine must be 'fast' or 'reference', got {self.engine!r}")
+
+    def window_for(self, n_layers: int) -> int:
+        """The number of layers restored together on a model of ``n_layers`` layers."""
+        return scaled_window(n_layers) if self.window == "scaled" else int(self.window)
+
+    def resolved(self, n_layers: int) -> "TraceConfig":
+        """This config with ``window`` as the integer it means on a model of ``n_layers`` layers."""
+        return dataclasses.replace(self, window=self.window_for(n_layers))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -90,3 +147,12 @@ class TraceConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TraceConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: (tuple(v) if k == "kinds" else v) for k, v in d.items() if k in names})
+
+
+def _check_window(window: Any) -> int | str:
+    """``"scaled"`` or a positive integer (an integer given as text, e.g. from the CLI, is converted)."""
+    if isinstance(window, str) and window.strip().isdigit():
+        window = int(window)
+    if window == "scaled" or (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+        return window
+    raise ValueError(f"window must be a positive integer or 'scaled', got {window!r}")

@@ -75,7 +75,7 @@ def _answer_prob(st: Any, resid: torch.Tensor, answer: int, chunk: int = 512) ->
 
 
 def _start(kind: str, layer: int, cfg: TraceConfig, L: int) -> int:
-    return layer + 1 if kind.startswith("hidden") else window_layers(kind, layer, cfg.window, L)[0]
+    return layer + 1 if kind.startswith("hidden") else window_layers(kind, layer, cfg.window_for(L), L)[0]
 
 
 @torch.no_grad()
@@ -125,6 +125,7 @@ def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: Trace
     layer-batched pass. Rows are cell-major (``cell * n_samples + sample``); returns (rows, cell layers)."""
     st = lm.stack
     n, L = cfg.n_samples, lm.n_layers
+    w = cfg.window_for(L)
     starts = {layer: _start(kind, layer, cfg, L) for layer in range(L)}
     restored = kind in _OUT_HOOK
     sever = _SEVER.get(kind)
@@ -146,7 +147,7 @@ def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: Trace
             active += new
         patches.clear()
         if restored:
-            rows = [ci for ci, layer in enumerate(active) if j in window_layers(kind, layer, cfg.window, L)]
+            rows = [ci for ci, layer in enumerate(active) if j in window_layers(kind, layer, w, L)]
             if rows:
                 idx = (torch.tensor(rows)[:, None] * n + torch.arange(n)[None]).flatten()
                 value = clean.outs[kind][j][0, t]

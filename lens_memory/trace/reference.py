@@ -83,6 +83,7 @@ def reference_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple
                      ) -> tuple[dict[str, Float[torch.Tensor, "layer pos"]], float, float]:
     """Scores per kind (``[layer, pos]``), the clean (high) and the corrupted (low) score."""
     T, L = prep.n_tokens, lm.n_layers
+    w = cfg.window_for(L)
     low, high = restored_score(lm, prep)
     out: dict[str, torch.Tensor] = {}
     for kind in kinds:
@@ -90,7 +91,7 @@ def reference_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple
         sever = {"hidden_sever_mlp": "blocks.{}.hook_mlp_out", "hidden_sever_attn": "blocks.{}.hook_attn_out"}.get(kind)
         for layer in range(L):
             for t in range(T):
-                restore = [(restore_hooks(kind).format(j), t) for j in window_layers(kind, layer, cfg.window, L)]
+                restore = [(restore_hooks(kind).format(j), t) for j in window_layers(kind, layer, w, L)]
                 freeze = [(sever.format(j), t) for j in range(L)] if sever else []
                 scores[layer, t] = restored_score(lm, prep, restore, freeze)[0]
         out[kind] = scores

@@ -114,7 +114,8 @@ class TraceResult:
     """Causal tracing over a fact set, with provenance.
 
     Attributes:
-        provenance: model identity, config, noise scale, hook names, lens_memory version, fact source.
+        provenance: model identity, config (window resolved to an integer), ``window`` (requested, resolved,
+            rule), noise scale, hook names, lens_memory version, fact source.
         traces: one :class:`FactTrace` per traced (known) fact.
         n_facts: facts asked for (before the knowledge filter).
         n_known: facts the model knows (the ones traced).
@@ -133,6 +134,12 @@ class TraceResult:
     @property
     def n_layers(self) -> int:
         return int(self.provenance["model"]["n_layers"])
+
+    @property
+    def window(self) -> int:
+        """Layers restored together per MLP / attention cell, as resolved for this model."""
+        rec = self.provenance.get("window")
+        return int(rec["resolved"] if rec else self.provenance["config"]["window"])
 
     def aie(self, kind: str) -> AIE:
         per_fact = [t.category_effects(kind) for t in self.traces]
@@ -165,7 +172,9 @@ class TraceResult:
         return LayerSuggestion(layer=best, layers=list(range(start, start + width)), curve=[float(x) for x in curve], kind=kind)
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"n_facts": self.n_facts, "n_known": self.n_known, "n_traced": len(self.traces)}
+        requested = self.provenance.get("window", {}).get("requested", self.window)
+        out: dict[str, Any] = {"n_facts": self.n_facts, "n_known": self.n_known, "n_traced": len(self.traces),
+                               "window": self.window, "window_requested": requested}
         secs = [t.seconds for t in self.traces]
         out["seconds_per_fact"] = float(np.mean(secs)) if secs else None
         if "mlp" in self.kinds and self.traces:

@@ -37,6 +37,36 @@ def test_dense_memory_reproduces_the_text_prefix(tiny):
     assert exactness_check(tiny, REF, QUERY) <= 1e-4
 
 
+def test_dense_memory_and_rag_read_the_same_tokens_only_without_the_separator(tiny):
+    """The comparisons' fairness: the RAG document and the memory hold the same text. With no separator
+    RAG reads exactly the memory's token sequence (BOS + reference + query) and gives its logits, as the
+    exactness check says; the default template adds the separator tokens, and the logits differ."""
+    from lens_memory.facts import Fact
+    from lens_memory.rag import fact_documents
+
+    fact = Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="Paris",
+                target_new="Rome", case_id=7)
+    (doc_id, doc), = fact_documents([fact])
+    bank = encode_memory(tiny, [(doc_id, doc)])
+    assert bank.references[0]["text"] == doc and bank.references[0]["n_tokens"] == len(tiny.encode(doc))
+    r, q = tiny.encode(doc), tiny.encode(fact.prompt)
+    memory_ids = torch.cat([r, q[1:]])
+    with bank.apply(tiny):
+        mem = _logits(tiny, q)[1:]
+    plain = ContextArtifact([doc], template="{context}{query}", ids=[doc_id])
+    with plain.apply(tiny):
+        ids = tiny.encode(fact.prompt)
+    assert ids.tolist() == memory_ids.tolist()
+    assert (_logits(tiny, ids)[len(r):] - mem).abs().max() <= 1e-4
+    assert exactness_check(tiny, doc, fact.prompt) == pytest.approx(float((_logits(tiny, ids)[len(r):].double()
+                                                                           - mem.double()).abs().max()), abs=1e-6)
+    sep = tiny.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    with ContextArtifact([doc]).apply(tiny):
+        rag_ids = tiny.encode(fact.prompt)
+    assert rag_ids.tolist() == r.tolist() + sep + q[1:].tolist()
+    assert (_logits(tiny, rag_ids)[-1] - mem[-1]).abs().max() > 1e-3
+
+
 def test_memory_exact_through_the_stack_and_cached_generation(tiny):
     bank = encode_memory(tiny, [REF])
     q = tiny.encode(QUERY)

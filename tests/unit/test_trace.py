@@ -4,7 +4,7 @@ import torch
 
 from lens_memory.errors import NoKnownFactsError
 from lens_memory.facts import Fact
-from lens_memory.trace import TraceConfig, TraceResult, prepare_fact, trace_fact, trace_facts
+from lens_memory.trace import TraceConfig, TraceResult, prepare_fact, scaled_window, trace_fact, trace_facts
 from lens_memory.trace.fast import fast_scores
 from lens_memory.trace.reference import reference_scores, restored_score
 
@@ -84,7 +84,9 @@ def test_no_known_facts_is_a_clear_error(tiny):
     ({"kinds": ("hidden", "bogus")}, "unknown \\['bogus'\\]"),
     ({"n_samples": 0}, "n_samples must be a positive integer, got 0"),
     ({"noise": "loud"}, "noise must be 'auto' or a number, got 'loud'"),
-    ({"window": 0}, "window must be a positive integer"),
+    ({"window": 0}, "window must be a positive integer or 'scaled', got 0"),
+    ({"window": "wide"}, "window must be a positive integer or 'scaled', got 'wide'"),
+    ({"window": True}, "window must be a positive integer or 'scaled', got True"),
     ({"engine": "gpu"}, "engine must be 'fast' or 'reference', got 'gpu'"),
 ])
 def test_config_validation(kw, msg):
@@ -96,3 +98,39 @@ def test_trace_fact_subject_at_start_of_prompt(tiny):
     fact = Fact(subject="Louvre", template="{} is here", target_true="Paris")
     res = trace_fact(tiny, fact, TraceConfig(n_samples=2, kinds=("hidden",)), scale=1.0)
     assert res.scores["hidden"].shape[0] == tiny.n_layers
+
+
+@pytest.mark.parametrize("n_layers, window", [(48, 10), (18, 4), (12, 3), (24, 5), (26, 5), (4, 1), (1, 1)])
+def test_scaled_window_is_rome_fraction_of_depth(n_layers, window):
+    assert scaled_window(n_layers) == window == max(1, int(10 * n_layers / 48 + 0.5))
+    assert TraceConfig().window == "scaled" and TraceConfig().window_for(n_layers) == window
+    assert TraceConfig(window=7).window_for(n_layers) == 7 and TraceConfig(window="7").window == 7
+
+
+def test_scaled_window_resolves_and_is_recorded(tiny, tmp_path):
+    cfg = TraceConfig(n_samples=2, kinds=("mlp", "attn"), window="scaled")
+    res = trace_facts(tiny, [FACT], cfg, only_known=False, progress=False)
+    w = scaled_window(tiny.n_layers)
+    assert res.provenance["window"]["requested"] == "scaled" and res.provenance["window"]["resolved"] == w
+    assert res.provenance["config"]["window"] == w == res.window
+    assert res.summary()["window"] == w and res.summary()["window_requested"] == "scaled"
+    assert TraceResult.load(res.save(tmp_path / "t")).window == w
+    fixed = trace_facts(tiny, [FACT], TraceConfig(n_samples=2, kinds=("mlp", "attn"), window=w), only_known=False,
+                        progress=False)
+    assert fixed.provenance["window"]["requested"] == w and fixed.provenance["config"] == res.provenance["config"]
+    for k in ("mlp", "attn"):
+        assert torch.equal(res.traces[0].scores[k], fixed.traces[0].scores[k])
+
+
+def test_scaled_window_in_the_engines_and_the_cli(tiny, prep):
+    from lens_memory.cli import build_parser
+
+    scaled = TraceConfig(kinds=("mlp",), n_samples=3, noise=1.0, window="scaled")
+    fixed = TraceConfig(kinds=("mlp",), n_samples=3, noise=1.0, window=scaled_window(tiny.n_layers))
+    assert torch.equal(fast_scores(tiny, prep, scaled, ("mlp",))[0]["mlp"],
+                       fast_scores(tiny, prep, fixed, ("mlp",))[0]["mlp"])
+    assert torch.equal(reference_scores(tiny, prep, scaled, ("mlp",))[0]["mlp"],
+                       reference_scores(tiny, prep, fixed, ("mlp",))[0]["mlp"])
+    parse = build_parser().parse_args
+    assert TraceConfig(window=parse(["trace", "--out", "x"]).window).window == "scaled"
+    assert TraceConfig(window=parse(["trace", "--out", "x", "--window", "10"]).window).window == 10
