@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--lambdas", default="2000,6000")
     ap.add_argument("--trace-facts", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chosen", default=None, help="skip the dev grid: LAYERS:LAMBDA chosen by an earlier run, "
+                                                  "e.g. 2-6:2000 (recorded as given)")
+    ap.add_argument("--test-sets", default="heldout,builtin", help="which test sets, in order")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,26 +91,35 @@ def main() -> None:
     lm = load_model(args.model)
     t0 = time.time()
     half = args.dev_n // 2
-    dev = _known(lm, "builtin", "dev", half) + _known(lm, "heldout", "dev", args.dev_n - half)
-    tr = trace_facts(lm, _known(lm, "builtin", "dev", args.trace_facts), TraceConfig(kinds=("mlp",)), only_known=False)
-    traced = tr.suggest_layers().layers
-    windows = [traced] + [list(range(int(a), int(b) + 1)) for a, b in (w.split("-") for w in args.windows.split(","))]
-    windows = [w for i, w in enumerate(windows) if w not in windows[:i]]
     base = MemitConfig.for_model(lm)
-    stats = key_statistics(lm, sorted({j for w in windows for j in w}), base.stats)
-    grid = _dev_grid(lm, dev, windows, [float(x) for x in args.lambdas.split(",")], stats, base)
-    best = max(grid, key=lambda r: r["score_s"])
+    if args.chosen:
+        (a, b), lam = args.chosen.split(":")[0].split("-"), float(args.chosen.split(":")[1])
+        dev, traced, grid = [], None, []
+        best = {"layers": list(range(int(a), int(b) + 1)), "lambda": lam}
+        stats = key_statistics(lm, best["layers"], base.stats)
+    else:
+        dev = _known(lm, "builtin", "dev", half) + _known(lm, "heldout", "dev", args.dev_n - half)
+        tr = trace_facts(lm, _known(lm, "builtin", "dev", args.trace_facts), TraceConfig(kinds=("mlp",)),
+                         only_known=False)
+        traced = tr.suggest_layers().layers
+        windows = [traced] + [list(range(int(a), int(b) + 1)) for a, b in (w.split("-") for w in args.windows.split(","))]
+        windows = [w for i, w in enumerate(windows) if w not in windows[:i]]
+        stats = key_statistics(lm, sorted({j for w in windows for j in w}), base.stats)
+        grid = _dev_grid(lm, dev, windows, [float(x) for x in args.lambdas.split(",")], stats, base)
+        best = max(grid, key=lambda r: r["score_s"])
     chosen = dataclasses.replace(base, layers=tuple(best["layers"]), mom2_update_weight=best["lambda"])
 
-    test = {"builtin": _known(lm, "builtin", "test", args.test_n), "heldout": _known(lm, "heldout", "test", args.heldout_n)}
+    sizes = {"builtin": args.test_n, "heldout": args.heldout_n}
+    test = {name: _known(lm, name, "test", sizes[name]) for name in args.test_sets.split(",")}
     results = {}
     for name, facts in test.items():
         t1 = time.time()
         e = memit(lm, facts, chosen, stats=stats)
         results[name] = {"n": len(facts), "seconds_per_edit": (time.time() - t1) / len(facts), **_score(lm, facts, e)}
+        print(f"test {name}: " + json.dumps(results[name]), flush=True)
 
-    print(f"\nchosen on dev (n={len(dev)}): layers {best['layers'][0]}-{best['layers'][-1]}, λ = {best['lambda']:g} "
-          f"(traced window {traced[0]}-{traced[-1]})")
+    how = f"on dev (n={len(dev)}; traced window {traced[0]}-{traced[-1]})" if traced else "given (--chosen)"
+    print(f"\nchosen {how}: layers {best['layers'][0]}-{best['layers'][-1]}, λ = {best['lambda']:g}")
     print("| test set | n | efficacy | paraphrase | neighbourhood | ES magnitude | S | s/edit |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
