@@ -28,7 +28,7 @@ is the key of the plain edit prompt and ``k̄`` the key averaged over the contex
 
 The KL "essence" term is read at the subject's last token of ``"{subject} is a"``, as in the
 reference code (``kl_position="subject_last"``); ``"prompt_last"`` reads it at the prompt's last
-token. Measured against kmeng01/rome on Gemma 3 270M (20 facts, same C, contexts and clamp):
+token. Measured against kmeng01/rome on Gemma 3 270M when issue 14 was filed (20 facts, same C, contexts and clamp):
 with ``"prompt_last"`` ΔW has cosine 0.953 with the reference's; with ``"subject_last"`` cosine
 ≥ 0.99999999, norm ratio 1 ± 6e-7.
 
