@@ -31,11 +31,9 @@ METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "ef
 
 
 def _known(lm, source: str, split: str, n: int | None):
-    from lens_memory.facts import check_knowledge, load_facts, spread_facts
+    from lens_memory.facts import load_facts, sample_known_facts
 
-    pool = [f for f in spread_facts(load_facts(source, split=split)) if f.target_new]
-    known = check_knowledge(lm, pool).known_facts()
-    return known if n is None else known[:n]
+    return sample_known_facts(lm, load_facts(source, split=split), n)
 
 
 def _score(lm, facts, edit) -> dict:

@@ -28,10 +28,9 @@ METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "ef
 
 
 def _known(lm, split: str, n: int):
-    from lens_memory.facts import builtin_facts, check_knowledge, spread_facts
+    from lens_memory.facts import builtin_facts, sample_known_facts
 
-    pool = [f for f in spread_facts(builtin_facts(split=split)) if f.target_new]
-    return check_knowledge(lm, pool[:3 * n]).known_facts()[:n]
+    return sample_known_facts(lm, builtin_facts(split=split), n)
 
 
 def _run(lm, facts, cfg, stats) -> dict:
