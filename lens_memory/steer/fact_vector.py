@@ -13,11 +13,19 @@ is a :class:`~lens_memory.steer.vector.SteeringVector` added at every position (
 style) with strength 1 by default, so it also acts on unrelated prompts -- neighbourhood scores
 measure that leak.
 
-The layer matters. On Gemma 3 270M (6 facts, strength 1, efficacy / paraphrase / neighbourhood):
-layers 3-9 do nothing (0 / 0 / ~1.0); from layer 12 on the vector carries the answer
-(layer 12: 1.0 / 1.0 / 0.03; layer 15: 0.83 / 0.83 / 0.10) -- and forces it on every prompt, because
-a steering vector does not depend on the subject. The default is the layer two thirds of the way up
-(12 of 18).
+The layer matters, and it is chosen on the dev split (``analyses/bench_fact_vector_dev.py``: 20 known
+built-in dev facts, strength 1, each vector applied alone to its own fact; efficacy / paraphrase /
+neighbourhood, ROME's S = their harmonic mean):
+
+    layer     4-10          11                   12                   14                   16
+    E/P/N     0 / 0 / ~1.0  0.85 / 0.93 / 0.14   1.00 / 1.00 / 0.01   1.00 / 1.00 / 0.07   1.00 / 0.97 / 0.09
+    S         0             0.319                0.029                0.184                0.228
+
+Up to layer 10 the vector does nothing; from layer 11 on it carries the answer -- and forces it on every
+prompt, because a steering vector does not depend on the subject. Layer 11 has the best S on dev and is
+Gemma 3 270M's default (:data:`MODEL_LAYERS`); on the test split (30 known facts) it gives efficacy 0.83
+[0.70, 0.97], paraphrase 0.82 [0.68, 0.95], neighbourhood 0.15 [0.04, 0.26], S 0.335. Models without a
+dev-chosen layer use the layer two thirds of the way up.
 
 Fidelity. Reference code: ``shengliu66/ICV`` (``tasks/base.py::obtain_icv``, ``utils/llm_layers.py``).
 Deviations, and why:
@@ -36,10 +44,10 @@ Deviations, and why:
   position, with strength 1 and no renormalisation. That makes it a plain
   :class:`~lens_memory.steer.vector.SteeringVector`, which goes through the same steering code and
   evaluation as CAA.
-* **Measured effect** (30 known DEV facts from ``sample_known_facts``, each vector applied alone to its own
-  fact, layer 12, strength 1): efficacy 1.00, paraphrase 1.00, neighbourhood 0.007 [-0.006, 0.020]. The
-  same facts read as text (RAG) or as a dense KV memory keep neighbourhood at 0.91 / 0.90. Fitting took
-  6.4 s for the 30 facts on one CPU thread.
+* **Measured effect** (30 known dev facts, each vector applied alone to its own fact, layer 12, strength 1,
+  measured before the layer was re-chosen): efficacy 1.00, paraphrase 1.00, neighbourhood 0.007 [-0.006,
+  0.020]. The same facts read as text (RAG) or as a dense KV memory keep neighbourhood at 0.91 / 0.90.
+  Fitting took 6.4 s for the 30 facts on one CPU thread.
 """
 
 from __future__ import annotations
@@ -52,12 +60,15 @@ import torch
 from ..errors import LensMemoryError
 from .vector import POSITION_MODES, SteeringVector
 
-__all__ = ["FactVectorConfig", "fact_vectors"]
+__all__ = ["FactVectorConfig", "fact_vectors", "default_layer", "MODEL_LAYERS"]
+
+#: layers chosen on the dev split by ``analyses/bench_fact_vector_dev.py`` (best ROME S), per model
+MODEL_LAYERS: dict[str, int] = {"gemma-3-270m": 11}
 
 
 @dataclass(frozen=True)
 class FactVectorConfig:
-    """``layer``: residual stream read and steered (``None``: two thirds of the way up, 12 of Gemma's 18)."""
+    """``layer``: residual stream read and steered (``None``: :func:`default_layer`)."""
 
     layer: int | None = None
     positions: str = "all"
@@ -65,6 +76,11 @@ class FactVectorConfig:
     def __post_init__(self) -> None:
         if self.positions not in POSITION_MODES:
             raise LensMemoryError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}")
+
+
+def default_layer(lm: Any) -> int:
+    """The dev-chosen layer for known models (:data:`MODEL_LAYERS`), else two thirds of the way up."""
+    return MODEL_LAYERS.get(lm.name, (2 * lm.n_layers) // 3)
 
 
 @torch.no_grad()
@@ -82,7 +98,7 @@ def fact_vectors(lm: Any, facts: Sequence[Any], references: Sequence[str],
     if not facts or len(facts) != len(references):
         raise LensMemoryError(f"fact_vectors needs one reference per fact: {len(facts)} facts, "
                               f"{len(references)} references")
-    layer = lm.check_layer((2 * lm.n_layers) // 3 if cfg.layer is None else cfg.layer)
+    layer = lm.check_layer(default_layer(lm) if cfg.layer is None else cfg.layer)
     out = []
     for f, ref in zip(facts, references):
         if not ref.strip():
