@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--no-sweep", action="store_true", help="skip the sweep over which layers carry the memory")
     mm.add_argument("--include-unknown", action="store_true",
                     help="use facts whether or not the model knows them (default: known facts only)")
+    mm.add_argument("--split", default="test", choices=["test", "dev", "all"],
+                    help="facts used (default: the test split, like every reported number)")
     mm.add_argument("--seed", type=int, default=0)
 
     rp = sub.add_parser("report", help="every memory mechanism on the same facts: one HTML + Markdown report")
@@ -312,12 +314,12 @@ def _cmd_memory(args) -> dict:
     if args.include_unknown:
         from .facts import spread_facts
 
-        facts = [f for f in spread_facts(load_facts(args.facts)) if f.target_new][:args.limit]
+        facts = [f for f in spread_facts(load_facts(args.facts, split=args.split)) if f.target_new][:args.limit]
     else:
-        facts = sample_known_facts(lm, load_facts(args.facts), args.limit)
+        facts = sample_known_facts(lm, load_facts(args.facts, split=args.split), args.limit)
     return run_memory(lm, facts, args.out, top_k=args.top_k, layers=layers, position=args.position,
                       n_attention=args.attention_facts, n_cost=args.cost_facts, fluency_facts=args.fluency_facts,
-                      gen_tokens=args.gen_tokens, seed=args.seed, sweep=not args.no_sweep)
+                      gen_tokens=args.gen_tokens, seed=args.seed, sweep=not args.no_sweep, split=args.split)
 
 
 def _cmd_report(args) -> dict:

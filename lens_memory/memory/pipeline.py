@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, top_k: int = 8,
                layers: str | tuple[int, ...] = "all", position: str = "stacked", n_attention: int = 10,
                n_cost: int = 5, fluency_facts: int = 5, gen_tokens: int = 30, seed: int = 0,
-               sweep: bool = True, knowledge: bool = True, progress: bool = True) -> dict[str, Any]:
+               sweep: bool = True, knowledge: bool = True, progress: bool = True,
+               split: str | None = None) -> dict[str, Any]:
     """Compare RAG, dense and sparse KV memories of ``facts`` (each needs ``target_new``); write to ``out``.
+
+    ``split`` (``"test"``, ``"dev"``, ``"all"``) is the fact split ``facts`` were drawn from, recorded in the summary.
 
     ``knowledge=False`` skips the efficacy / paraphrase / neighbourhood evaluation (the report runs
     it for every mechanism at once with :func:`~lens_memory.compare.compare_mechanisms`).
@@ -52,8 +55,8 @@ def run_memory(lm: Any, facts: Sequence[Any], out: str | Path | None = None, *, 
     seconds: dict[str, float] = {}
     docs = fact_documents(facts)
     doc_ids = [i for i, _ in docs]
-    summary: dict[str, Any] = {"command": "memory", "n_facts": len(facts), "top_k": top_k, "layers": layers,
-                               "position": position}
+    summary: dict[str, Any] = {"command": "memory", "n_facts": len(facts), "split": split, "top_k": top_k,
+                               "layers": layers, "position": position}
 
     t = time.time()
     summary["exactness_max_abs_diff"] = exactness_check(lm, docs[0][1], facts[0].prompt)

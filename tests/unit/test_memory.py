@@ -292,7 +292,7 @@ def test_memory_cli_on_the_tiny_model(tmp_path):
     assert main(["memory", "--model", "tiny", "--limit", "4", "--out", str(out), "--include-unknown",
                  "--attention-facts", "2", "--cost-facts", "1", "--fluency-facts", "1", "--gen-tokens", "4"]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["exactness_max_abs_diff"] <= 1e-4
+    assert s["exactness_max_abs_diff"] <= 1e-4 and s["split"] == "test"
     for key in ("efficacy", "paraphrase", "neighborhood", "attention_mass_on_memory", "decode_ms_per_token"):
         assert set(s[key]) == {"none", "rag", "dense", "sparse"}, key
     assert set(s["memory_bytes"]) == {"dense", "sparse"} and s["memory_bytes"]["sparse"] < s["memory_bytes"]["dense"]
@@ -300,6 +300,25 @@ def test_memory_cli_on_the_tiny_model(tmp_path):
     for fig in ("attention_reference_heatmap", "attention_by_layer", "knowledge", "cost"):
         assert (out / "figures" / f"{fig}.png").exists() and (out / "figures" / f"{fig}.pdf").exists()
     assert MemoryBank.load(out / "memory_sparse").config.top_k == 8
+
+
+@pytest.mark.parametrize("split", ["test", "dev"])
+def test_memory_cli_draws_facts_from_the_requested_split(tmp_path, monkeypatch, split):
+    import lens_memory.memory.pipeline as pipeline
+    from lens_memory.cli import main
+    from lens_memory.facts import fact_split
+
+    seen = {}
+
+    def fake_run_memory(lm, facts, out, **kw):
+        seen.update(facts=list(facts), split=kw["split"])
+        return {"n_facts": len(seen["facts"])}
+
+    monkeypatch.setattr(pipeline, "run_memory", fake_run_memory)
+    args = ["memory", "--model", "tiny", "--limit", "5", "--out", str(tmp_path), "--include-unknown"]
+    assert main(args + (["--split", split] if split != "test" else [])) == 0
+    assert seen["split"] == split and len(seen["facts"]) == 5
+    assert {fact_split(f) for f in seen["facts"]} == {split}
 
 
 def test_memory_layer_sweep_rows_and_round_trip(tiny, tmp_path):
