@@ -31,6 +31,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gemma-3-270m", help="model name (gemma-3-270m, tiny, a HF id or directory)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (a GPU when there is one)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weight dtype (tracing and editing are exact in float32)")
 
 
 def _facts_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +145,7 @@ def _cmd_trace(args) -> dict:
     cfg = TraceConfig(kinds=tuple(args.kinds.split(",")), n_samples=args.samples, noise=args.noise,
                       window=args.window, seed=args.seed, engine=args.engine)
     facts = load_facts(args.facts, args.limit)
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     t0 = time.time()
     result = trace_facts(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts))
     result.save(args.out / "trace")
@@ -198,7 +201,7 @@ def _cmd_edit(args) -> dict:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     facts = sample_known_facts(lm, load_facts(args.facts, split=args.split), args.limit)
     seconds: dict[str, float] = {}
     t = time.time()
@@ -294,7 +297,7 @@ def _cmd_steer(args) -> dict:
         raise ValueError(f"--strengths must be a comma list of numbers, got {args.strengths!r}") from None
     cfg = SteerEvalConfig(strengths=strengths, n_prompts=args.n_prompts, gen_tokens=args.gen_tokens, seed=args.seed,
                           split=args.split)
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     return run_steering(lm, args.method, args.behavior, args.out, layer=args.layer, eval_cfg=cfg, sae=args.sae,
                         baseline=not args.no_baseline, quick=args.quick, caa_form=args.caa_form)
 
@@ -310,7 +313,7 @@ def _cmd_memory(args) -> dict:
             layers = tuple(int(x) for x in layers.split(","))
         except ValueError:
             raise ValueError(f"--layers must be 'all', 'first_half' or a comma list of ints, got {args.layers!r}") from None
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.include_unknown:
         from .facts import spread_facts
 
@@ -325,7 +328,8 @@ def _cmd_memory(args) -> dict:
 def _cmd_report(args) -> dict:
     from .report.pipeline import STAGES, ReportConfig, run_report
 
-    over = {"model": args.model, "facts": args.facts, "seed": args.seed, "known_only": not args.include_unknown}
+    over = {"model": args.model, "facts": args.facts, "seed": args.seed, "known_only": not args.include_unknown,
+            "device": args.device, "dtype": args.dtype}
     if args.n_facts is not None:
         over["n_facts"] = args.n_facts
     cfg = ReportConfig.quick_config(**over) if args.quick else ReportConfig(**over)
@@ -340,7 +344,7 @@ def _cmd_models(args) -> dict:
 
     summary: dict = {"command": "models", "available": available_models()}
     if args.check_facts:
-        lm = load_model(args.model)
+        lm = load_model(args.model, device=args.device, dtype=args.dtype)
         facts = load_facts(args.facts, args.limit)
         k = check_knowledge(lm, facts)
         df = k.to_dataframe()
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
                    "memory": _cmd_memory, "models": _cmd_models,
                    "report": _cmd_report}[args.command](args)
-    except (LensMemoryError, ValueError) as exc:
+    except (LensMemoryError, ValueError) as exc:  # DeviceUnavailableError included
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

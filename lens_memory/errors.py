@@ -36,3 +36,7 @@ class NoKnownFactsError(LensMemoryError):
 
 class ArtifactMismatchError(LensMemoryError):
     """A saved artifact (result, cache, edit) does not match the model or config it is used with."""
+
+
+class DeviceUnavailableError(LensMemoryError, ValueError):
+    """The requested device (or dtype) does not exist on this machine or is not a valid name."""

@@ -307,24 +307,29 @@ def wrap_hf_model(hf: torch.nn.Module, tokenizer: Any, *, name: str, source: str
     return LensModel(bridge, hf, tokenizer, identity)
 
 
-def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
                cache_dir: str | Path | None = None, seed: int = 0) -> LensModel:
     """Load a hookable model by name.
 
     Args:
         name: ``"gemma-3-270m"`` (embedded default), ``"tiny"`` (random, for tests), a Hugging
             Face model id or a local Hugging Face model directory.
-        device: torch device.
-        dtype: weight dtype (fp32 by default; tracing and editing are exact in fp32).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (:mod:`lens_memory.devices`).
+        dtype: weight dtype, a name (``float32``, ``bfloat16``, ``float16``) or a ``torch.dtype``
+            (fp32 by default; tracing and editing are exact in fp32).
         cache_dir: where the embedded model is converted to (default
             ``$LENS_MEMORY_CACHE`` or ``~/.cache/lens_memory``).
         seed: initialisation seed of the tiny model.
 
     Raises:
         ModelUnavailableError: the weights cannot be had (unknown name, offline, missing files).
+        DeviceUnavailableError: the device is not on this machine, or the dtype is unknown.
     """
+    from .devices import resolve_device, resolve_dtype
+
     if not isinstance(name, str) or not name.strip():
         raise ModelUnavailableError(f"model name must be a non-empty string, got {name!r}")
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     if name == "tiny":
         from .tiny import tiny_model
 

@@ -43,6 +43,8 @@ class ReportConfig:
     """Sizes of every stage. :meth:`quick` is the short run (``--quick``)."""
 
     model: str = "gemma-3-270m"
+    device: str = "cpu"
+    dtype: str = "float32"
     facts: str = "builtin"
     n_facts: int = 16
     known_only: bool = True
@@ -67,6 +69,9 @@ class ReportConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
+        from ..devices import resolve_dtype
+
+        resolve_dtype(self.dtype)  # a clear error for an unknown dtype, before any stage runs
         for name in ("n_facts", "trace_facts", "trace_samples", "memit_width", "top_k", "steer_prompts",
                      "steer_tokens", "gen_tokens"):
             if getattr(self, name) < 1:
@@ -93,6 +98,8 @@ class ReportConfig:
         """The part of the config a stage depends on (its cache key), plus the stages it reads."""
         c = self.to_dict()
         common = {k: c[k] for k in ("model", "facts", "n_facts", "known_only", "seed")} | {"splits": "test/dev-v1"}
+        if (self.device, self.dtype) != ("cpu", "float32"):  # the defaults stay out of the key: old caches stay valid
+            common |= {"device": self.device, "dtype": self.dtype}
         own = {"facts": ("trace_facts",), "trace": ("trace_facts", "trace_kinds", "trace_samples"),
                "rome": ("trace_facts", "trace_kinds", "trace_samples"),
                "memit": ("trace_facts", "trace_kinds", "trace_samples", "memit_width"),
@@ -103,7 +110,8 @@ class ReportConfig:
                }.get(stage)
         if own is None:  # steering stages do not depend on the facts
             method = stage.split("_", 1)[1]
-            return {"model": self.model, "behavior": self.behavior, "steer_prompts": self.steer_prompts,
+            return {"model": self.model, **{k: common[k] for k in ("device", "dtype") if k in common},
+                    "behavior": self.behavior, "steer_prompts": self.steer_prompts,
                     "steer_tokens": self.steer_tokens, "strengths": list(self.steer_strengths[method]),
                     "quick_training": self.quick_training, "seed": self.seed, "eval_split": "test"}
         return {**common, **{k: c[k] for k in own}}
@@ -112,14 +120,14 @@ class ReportConfig:
 class _Model:
     """Loads the model on first use only (a fully cached report never loads it)."""
 
-    def __init__(self, name: str):
-        self.name, self._lm = name, None
+    def __init__(self, name: str, device: str = "cpu", dtype: str = "float32"):
+        self.name, self.device, self.dtype, self._lm = name, device, dtype, None
 
     def __call__(self):
         if self._lm is None:
             from ..models import load_model
 
-            self._lm = load_model(self.name)
+            self._lm = load_model(self.name, device=self.device, dtype=self.dtype)
         return self._lm
 
 
@@ -305,7 +313,7 @@ def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bo
         raise LensMemoryError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     out = Path(out)
     runner = StageRunner(out / "stages", force=force)
-    model = _Model(cfg.model)
+    model = _Model(cfg.model, cfg.device, cfg.dtype)
     t0 = time.time()
     bar = tqdm(list(stages), desc="report stages", unit="stage", disable=not progress)
     for name in bar:
