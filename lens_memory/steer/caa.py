@@ -125,9 +125,12 @@ class CAAConfig:
         return d
 
 
-#: Measured default layers: on Gemma 3 270M, CAA on the built-in sentiment pairs at layers 6 / 8 / 10 / 12
-#: (20 held-out prompts, 20 generated tokens) moved VADER sentiment from -0.07 to 0.68 at ±4 (layer 6), -0.05 to 0.65
-#: (8), -0.35 to 0.81 at ±2 (10) and -0.35 to 0.86 at ±3 (12), perplexity 11-16 vs 9.5 unsteered at 10 and 12.
+#: Default layers, chosen on the DEV half of the sentiment prompts by ``analyses/bench_caa_dev.py`` (25 dev
+#: prompts, 20 tokens, strength ±2; rule fixed before the run: the largest swing score(+2) - score(-2) among
+#: layers whose perplexity at ±2 stays within 1.5x the unsteered 9.0). Gemma 3 270M, VADER at -2 / +2 and swing:
+#: layer 6 0.21 / 0.67 (0.46), 8 -0.07 / 0.65 (0.72), 10 -0.34 / 0.79 (1.13), 12 -0.35 / 0.86 (1.21, ppl ratio
+#: 1.55: out), 14 -0.40 / 0.87 (1.26, ratio 1.51: out) -> 10. Test half (25): -0.19 [-0.38, -0.01] / 0.39 unsteered /
+#: 0.80 [0.72, 0.87], perplexity 12.0 / 8.8 / 10.4.
 MODEL_DEFAULT_LAYER = {"gemma-3-270m": 10}
 
 
