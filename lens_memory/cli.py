@@ -10,6 +10,7 @@ Subcommands:
   memory  counterfactual facts as RAG text, dense and sparse KV memories: exactness, knowledge,
           attention, cost
   models  list the offline models; ``--check-facts`` reports which facts a model knows
+  conformance  every capability measured on a tiny random model of every family (the README's matrix)
   report  the main job: every mechanism on the same facts, one HTML + Markdown report (cached, resumable)
 """
 
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(m)
     _facts_args(m)
     m.add_argument("--check-facts", action="store_true", help="report which facts the model knows")
+
+    cf = sub.add_parser("conformance", help="family x capability matrix on tiny random models of every family")
+    cf.add_argument("--out", required=True, type=Path, help="output directory")
+    cf.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cf.add_argument("--families", default=None, help="comma list of families (default: all)")
+    cf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     return ap
 
 
@@ -359,6 +366,22 @@ def _cmd_models(args) -> dict:
     return summary
 
 
+def _cmd_conformance(args) -> dict:
+    from . import viz
+    from .conformance import conformance_matrix
+    from .devices import resolve_device
+    from .io import write_json
+
+    families = args.families.split(",") if args.families else None
+    t0 = time.time()
+    m = conformance_matrix(families, device=resolve_device(args.device))
+    m.save(args.out)
+    viz.save_figure(m.plot(), args.out / "figures" / "conformance")
+    summary = {"command": "conformance", **m.summary(), "verdicts": m.verdicts(), "wall_seconds": round(time.time() - t0, 1)}
+    write_json(args.out / "summary.json", summary)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import LensMemoryError
 
@@ -371,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
                    "memory": _cmd_memory, "models": _cmd_models,
-                   "report": _cmd_report}[args.command](args)
+                   "report": _cmd_report, "conformance": _cmd_conformance}[args.command](args)
     except (LensMemoryError, ValueError) as exc:  # DeviceUnavailableError included
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
@@ -383,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                  if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
                               "eval_config", "interpretation", "decomposition", "memory_config",
                                "attention_reference_by_layer", "cost", "knowledge", "layer_sweep",
-                              "headline", "steering")}
+                              "headline", "steering", "verdicts")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

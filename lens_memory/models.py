@@ -241,7 +241,7 @@ class LensModel:
 
     def unembed(self, normed: torch.Tensor) -> torch.Tensor:
         """Logits of final-normalised hidden states: unembedding plus (if configured) logit soft-capping."""
-        logits = self.hf.lm_head(normed)
+        logits = self.hf.get_output_embeddings()(normed)
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -308,7 +308,7 @@ def wrap_hf_model(hf: torch.nn.Module, tokenizer: Any, *, name: str, source: str
 
 
 def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | torch.dtype = torch.float32,
-               cache_dir: str | Path | None = None, seed: int = 0) -> LensModel:
+               cache_dir: str | Path | None = None, seed: int = 0, device_map: str | dict | None = None) -> LensModel:
     """Load a hookable model by name.
 
     Args:
@@ -321,6 +321,9 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
         cache_dir: where the embedded model is converted to (default
             ``$LENS_MEMORY_CACHE`` or ``~/.cache/lens_memory``).
         seed: initialisation seed of the tiny model.
+        device_map: for Hugging Face ids and directories, a model larger than one GPU: ``"auto"`` (or any
+            accelerate device map) spreads the blocks over the GPUs (and CPU); ``device`` is then ignored
+            and ``LensModel.device`` is where the embedding lives. Needs ``accelerate``.
 
     Raises:
         ModelUnavailableError: the weights cannot be had (unknown name, offline, missing files).
@@ -331,6 +334,9 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
     if not isinstance(name, str) or not name.strip():
         raise ModelUnavailableError(f"model name must be a non-empty string, got {name!r}")
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if device_map is not None and (name == "tiny" or name in _embedded_names()):
+        raise ValueError(f"device_map={device_map!r} applies to Hugging Face ids and directories, not to {name!r} "
+                         f"(small enough for one device: use device=)")
     if name == "tiny":
         from .tiny import tiny_model
 
@@ -342,17 +348,29 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
         sha = manifest["files"]["model.safetensors"]["sha256"]
         return wrap_hf_model(hf.to(device), tok, name=name, source=manifest["source"], revision=sha[:16],
                              weight_hash=sha, quantization=manifest.get("quantization", EMBEDDED[name].quantization))
-    return _load_hf(name, device=device, dtype=dtype)
+    return _load_hf(name, device=device, dtype=dtype, device_map=device_map)
 
 
-def _load_hf(name: str, *, device: str, dtype: torch.dtype) -> LensModel:
+def _embedded_names() -> set[str]:
+    from .embedded import EMBEDDED
+
+    return set(EMBEDDED)
+
+
+def _load_hf(name: str, *, device: str, dtype: torch.dtype, device_map: str | dict | None = None) -> LensModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name).expanduser()
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise ModelUnavailableError(f"device_map={device_map!r} needs the accelerate package (pip install accelerate)") from None
+    extra = {"device_map": device_map} if device_map is not None else {}
     try:
         tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else name)
         hf = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else name, dtype=dtype,
-                                                  attn_implementation="eager")
+                                                  attn_implementation="eager", **extra)
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailableError(
@@ -360,4 +378,6 @@ def _load_hf(name: str, *, device: str, dtype: torch.dtype) -> LensModel:
         ) from None
     revision = getattr(hf.config, "_commit_hash", None) or ("local:" + str(local) if local.exists() else "unknown")
     source = f"local directory {local}" if local.exists() else f"huggingface:{name}"
-    return wrap_hf_model(hf.to(device), tok, name=name, source=source, revision=str(revision))
+    if device_map is None:
+        hf = hf.to(device)
+    return wrap_hf_model(hf, tok, name=name, source=source, revision=str(revision))

@@ -14,9 +14,13 @@ passes, so :class:`DecoderStack` drives the model's (bridge-wrapped) decoder blo
 
 Because the blocks are the bridge's wrappers, every TransformerLens hook (``blocks.L.hook_mlp_out``,
 ``blocks.L.attn.hook_pattern`` ...) fires exactly as in ``bridge.run_with_hooks``.
-Supported: rotary decoder families whose blocks take ``position_embeddings`` (Gemma 2/3,
-Llama, Mistral, Qwen 2/3, OLMo ...). Other architectures raise :class:`UnsupportedArchitectureError`
-and callers fall back to full forward passes.
+Every family in :mod:`lens_memory.families` is driven the same way; the family only says where
+the pieces are and how positions enter: learned absolute positions are added to the embedding at
+``pos0 ..`` (GPT-2), rotary ``(cos, sin)`` at ``pos0 ..`` are handed to the block (Llama layout,
+GPT-NeoX -- partial rotary included), or the block's attention rotates itself from ``position_ids``
+(GPT-J, interleaved). Parallel attention + MLP blocks (GPT-J, GPT-NeoX), pre- and post-norm blocks,
+sliding and global layers, grouped KV heads and soft-capping live inside the blocks, which are run
+unchanged. Unknown layouts raise :class:`UnsupportedArchitectureError`.
 """
 
 from __future__ import annotations
@@ -27,15 +31,11 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from .errors import LensMemoryError
+from .families import UnsupportedArchitectureError, family_of
 
 __all__ = ["DecoderStack", "UnsupportedArchitectureError", "KV", "attention_layer_types"]
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each [batch kv_head pos d_head], keys post-rotary
-
-
-class UnsupportedArchitectureError(LensMemoryError):
-    """The partial-forward engine does not know how to drive this architecture's blocks."""
 
 
 def attention_layer_types(cfg: Any) -> list[str]:
@@ -82,29 +82,36 @@ class DecoderStack:
 
     def __init__(self, lm: Any):
         hf = lm.hf
-        base = getattr(hf, "model", None)
-        if base is None or not all(hasattr(base, a) for a in ("layers", "rotary_emb", "norm", "embed_tokens")):
-            raise UnsupportedArchitectureError(
-                f"partial forward passes are not implemented for {type(hf).__name__}; use the reference engine"
-            )
+        fam = family_of(hf)
         cfg = hf.config
         self.lm = lm
-        self.layers = base.layers
-        self.norm = base.norm
-        self.embed_tokens = base.embed_tokens
-        self.rotary = base.rotary_emb
+        self.family = fam
+        self.layers = fam.blocks(hf)
+        self.norm = getattr(fam.decoder(hf), fam.norm)
+        self.embed_tokens = fam.token_embedding(hf)
+        self.pos_embed = fam.position_embedding(hf)
+        self.rotary = fam.rotary(hf)
         self.n_layers = int(cfg.num_hidden_layers)
         self.layer_types = attention_layer_types(cfg)
         self.window = getattr(cfg, "sliding_window", None)
         rot = getattr(self.rotary, "original_component", None) or self.rotary
-        self._rotary_typed = "layer_type" in inspect.signature(rot.forward).parameters
+        self._rotary_typed = rot is not None and "layer_type" in inspect.signature(rot.forward).parameters
         self._pe_cache: dict[tuple, Any] = {}
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     # -- pieces ------------------------------------------------------------------------------
-    def embed(self, ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
-        """Token embeddings as they enter block 0 (``hook_embed``; Gemma's sqrt(d_model) scale included)."""
+    def token_embed(self, ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Token embeddings only (``hook_embed``; Gemma's sqrt(d_model) scale included, no positions)."""
         return self.embed_tokens(ids)
+
+    def embed(self, ids: Int[torch.Tensor, "batch pos"], pos0: int = 0) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0 for tokens at positions ``pos0 ..`` (token embedding,
+        plus the learned position embedding on absolute-position families such as GPT-2)."""
+        h = self.embed_tokens(ids)
+        if self.pos_embed is not None:
+            pos = torch.arange(pos0, pos0 + ids.shape[1], device=ids.device)[None]
+            h = h + self.pos_embed(pos).to(h.device)
+        return h
 
     def logits(self, resid: Float[torch.Tensor, "... d_model"]) -> Float[torch.Tensor, "... d_vocab"]:
         """Final norm, unembedding and (if configured) logit soft-capping of the given rows only."""
@@ -149,13 +156,12 @@ class DecoderStack:
         lt = self.layer_types[j]
         pos = torch.arange(pos0, pos0 + q, device=h.device)[None]
         kv = _LayerKV(prefix, record) if (prefix is not None or record is not None) else None
-        out = self.layers[j](
-            h,
-            attention_mask=self._mask(pos0, q, lt, h.dtype, h.device),
-            position_embeddings=self._position_embeddings(h, pos0, q, lt),
-            position_ids=pos,
-            past_key_values=kv,
-        )
+        kwargs: dict[str, Any] = {"attention_mask": self._mask(pos0, q, lt, h.dtype, h.device), "position_ids": pos}
+        if self.rotary is not None:
+            kwargs["position_embeddings"] = self._position_embeddings(h, pos0, q, lt)
+        if kv is not None:
+            kwargs[self.family.cache_kwarg] = kv
+        out = self.layers[j](h, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def run(self, h: Float[torch.Tensor, "batch pos d_model"], start: int = 0, stop: int | None = None,

@@ -15,8 +15,9 @@ import torch
 
 __all__ = ["tiny_model", "tiny_tokenizer", "tiny_arch_model", "TINY_ARCHS"]
 
-#: other architectures for tests of architecture-generic code (GPT-2's Conv1D, GPT-J's parallel block, Llama)
-TINY_ARCHS = ("gpt2", "gptj", "llama", "mistral", "olmo2")
+#: every family of the conformance matrix, as 3-layer random models (``"gemma3"`` is :func:`tiny_model`'s architecture)
+TINY_ARCHS = ("gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "olmo",
+              "olmo2")
 
 _CORPUS = """
 The Eiffel Tower is located in the city of Paris. The Colosseum is located in the city of Rome.
@@ -86,43 +87,43 @@ def tiny_model(seed: int = 0, *, n_layers: int = 4, d_model: int = 64, n_heads: 
     return wrap_hf_model(hf, tok, name="tiny", source=f"random init (seed {seed})", revision=f"seed{seed}")
 
 
-def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int = 64, dtype: torch.dtype = torch.float32):
+def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int = 64, dtype: torch.dtype = torch.float32,
+                    device: str = "cpu"):
     """A randomly initialised :class:`~lens_memory.models.LensModel` of one family (std 0.2 weights).
 
-    ``"mistral"`` has a sliding window of 4 and no ``layer_types`` (as Mistral v0.1: Hugging Face
-    applies the window on every layer); ``"olmo2"`` has OLMo 2's post-attention and post-MLP norms
-    and no pre-norms (its norm weights are drawn non-trivially so they matter in tests).
+    Each family keeps the feature that makes it different: GPT-2 learned absolute positions and
+    Conv1D; GPT-J interleaved partial rotary and a parallel block; GPT-NeoX (Pythia) rotary on 25%
+    of each head and a parallel block; Mistral a sliding window of 4 and no ``layer_types`` (as
+    Mistral v0.1: Hugging Face slides on every layer); Qwen 2 sliding layers above
+    ``max_window_layers`` only; Qwen 3 q/k norms; Gemma 2 pre- and post-norms and attention and
+    logit soft-capping; Phi-3 a fused QKV and gate-up projection, a sliding window without
+    ``layer_types`` and partial rotary (0.75, as Phi-4-mini); OLMo non-parametric layer norms;
+    OLMo 2 post-norms only. Norm weights of post-norm families are drawn non-trivially.
     """
     import transformers as tf
 
     from .models import wrap_hf_model
 
+    if arch == "gemma3":
+        return tiny_model(seed, n_layers=n_layers, d_model=d_model, dtype=dtype, device=device)
+    if arch not in _FAMILY_CONFIGS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
     tok = tiny_tokenizer()
     common = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id, initializer_range=0.2)
-    if arch == "gpt2":
-        cls, cfg = tf.GPT2LMHeadModel, tf.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common)
-    elif arch == "gptj":
-        cls, cfg = tf.GPTJForCausalLM, tf.GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=4, rotary_dim=8,
-                                               n_positions=256, **common)
-    elif arch == "llama":
-        cls, cfg = tf.LlamaForCausalLM, tf.LlamaConfig(**_rotary_dims(d_model, n_layers), **common)
-    elif arch == "mistral":
-        cls, cfg = tf.MistralForCausalLM, tf.MistralConfig(sliding_window=4, **_rotary_dims(d_model, n_layers), **common)
-    elif arch == "olmo2":
-        cls, cfg = tf.Olmo2ForCausalLM, tf.Olmo2Config(**_rotary_dims(d_model, n_layers), **common)
-    else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
+    cls_name, cfg_name, make = _FAMILY_CONFIGS[arch]
+    cls = getattr(tf, cls_name)
+    cfg = getattr(tf, cfg_name)(**make(d_model, n_layers), **common)
     cfg.attn_implementation = "eager"
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        hf = cls(cfg).to(dtype=dtype)
-        if arch == "olmo2":
+        hf = cls(cfg).to(dtype=dtype, device=device)
+        if arch in ("olmo2", "gemma2"):
             with torch.no_grad():
                 for name, p in hf.named_parameters():
                     if "norm" in name:
-                        p.normal_(1.0, 0.3)
+                        p.normal_(0.0 if arch == "gemma2" else 1.0, 0.3)  # Gemma scales by (1 + w)
     finally:
         torch.random.set_rng_state(gen_state)
     return wrap_hf_model(hf, tok, name=f"tiny-{arch}", source=f"random init (seed {seed})", revision=f"seed{seed}")
@@ -131,3 +132,27 @@ def tiny_arch_model(arch: str, seed: int = 0, *, n_layers: int = 3, d_model: int
 def _rotary_dims(d_model: int, n_layers: int) -> dict:
     return dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256)
+
+
+def _gpt_dims(d_model: int, n_layers: int) -> dict:
+    return dict(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256)
+
+
+_FAMILY_CONFIGS = {  # arch -> (model class, config class, config kwargs from (d_model, n_layers))
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", _gpt_dims),
+    "gptj": ("GPTJForCausalLM", "GPTJConfig", lambda d, n: dict(_gpt_dims(d, n), rotary_dim=8)),
+    "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig",
+                 lambda d, n: dict(hidden_size=d, num_hidden_layers=n, num_attention_heads=4, intermediate_size=2 * d,
+                                   max_position_embeddings=256, rotary_pct=0.25)),
+    "llama": ("LlamaForCausalLM", "LlamaConfig", _rotary_dims),
+    "mistral": ("MistralForCausalLM", "MistralConfig", lambda d, n: dict(_rotary_dims(d, n), sliding_window=4)),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config",
+              lambda d, n: dict(_rotary_dims(d, n), use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", lambda d, n: dict(_rotary_dims(d, n), head_dim=d // 4)),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config",
+               lambda d, n: dict(_rotary_dims(d, n), head_dim=d // 4, sliding_window=4, query_pre_attn_scalar=d // 4)),
+    "phi3": ("Phi3ForCausalLM", "Phi3Config",
+             lambda d, n: dict(_rotary_dims(d, n), sliding_window=4, partial_rotary_factor=0.75)),
+    "olmo": ("OlmoForCausalLM", "OlmoConfig", _rotary_dims),
+    "olmo2": ("Olmo2ForCausalLM", "Olmo2Config", _rotary_dims),
+}

@@ -133,8 +133,8 @@ def _estimate(lm: Any, layers: list[int], corpus: Corpus, cfg: StatsConfig, trun
             d_mlp[layer] = x.shape[-1]
             acc[layer] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float64)
             sums[layer] = torch.zeros(x.shape[-1], dtype=torch.float64)
-        acc[layer] += (k.T @ k).double()
-        sums[layer] += k.sum(0).double()
+        acc[layer] += (k.T @ k).double().cpu()  # fp32 products of one batch, summed in fp64 on the CPU
+        sums[layer] += k.sum(0).double().cpu()
         if truncate and layer == last:
             raise _Stop
 

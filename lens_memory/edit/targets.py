@@ -21,6 +21,8 @@ and KL positions.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -102,6 +104,11 @@ class EditRows:
 
     def rewrite_rows(self) -> torch.Tensor:
         return (~self.is_kl).nonzero().squeeze(1)
+
+    def to(self, device: Any) -> "EditRows":
+        """The same rows with every index tensor on ``device``."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if torch.is_tensor(getattr(self, f.name))})
 
 
 def build_rows(lm: Any, facts: Sequence[Fact], contexts: Sequence[str],
@@ -223,12 +230,15 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
     n, d = init.shape
     R = rows.ids.shape[0]
     runner = _Runner(lm, rows.ids, layer)
-    delta = torch.zeros(n, d, dtype=init.dtype, requires_grad=True)
-    m1 = torch.zeros(n, d, dtype=init.dtype)
-    m2 = torch.zeros(n, d, dtype=init.dtype)
+    dev = lm.device  # the optimisation's bookkeeping lives with the activations
+    rows = rows.to(dev)
+    init = init.to(dev)
+    delta = torch.zeros(n, d, dtype=init.dtype, device=dev, requires_grad=True)
+    m1 = torch.zeros(n, d, dtype=init.dtype, device=dev)
+    m2 = torch.zeros(n, d, dtype=init.dtype, device=dev)
     b1, b2, eps = 0.9, 0.999, 1e-8
     init_norm = init.norm(dim=-1)
-    active = torch.ones(n, dtype=torch.bool)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
     final_loss, final_nll = [float("nan")] * n, [float("nan")] * n
     used = [steps] * n
     n_tgt = torch.bincount(rows.tgt_row, minlength=R).clamp_min(1).double()
@@ -239,10 +249,10 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
     t = 0
     for it in range(steps):
         sel = active[rows.owner].nonzero().squeeze(1)  # rows of facts still optimising
-        local = torch.full((R,), -1, dtype=torch.long)
-        local[sel] = torch.arange(len(sel))
+        local = torch.full((R,), -1, dtype=torch.long, device=dev)
+        local[sel] = torch.arange(len(sel), device=dev)
         owner, lookup = rows.owner[sel], rows.lookup[sel]
-        ar = torch.arange(len(sel))
+        ar = torch.arange(len(sel), device=dev)
 
         def add_delta(x: torch.Tensor, hook: Any) -> torch.Tensor:
             add = torch.zeros_like(x)
@@ -255,10 +265,10 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
         t_row = rows.tgt_row[tk]
         logp_t = torch.log_softmax(lm.unembed(h[local[t_row], rows.tgt_pos[tk]]).double(), -1)
         tok_lp = logp_t.gather(1, rows.tgt_tok[tk][:, None]).squeeze(1)
-        row_lp = torch.zeros(R, dtype=torch.float64).index_add(0, t_row, tok_lp) / n_tgt
+        row_lp = torch.zeros(R, dtype=torch.float64, device=dev).index_add(0, t_row, tok_lp) / n_tgt
         rw = sel[~rows.is_kl[sel]]
-        nll = -torch.zeros(n, dtype=torch.float64).index_add(0, rows.owner[rw], row_lp[rw]) / rows_per_fact
-        kl = torch.zeros(n, dtype=torch.float64)
+        nll = -torch.zeros(n, dtype=torch.float64, device=dev).index_add(0, rows.owner[rw], row_lp[rw]) / rows_per_fact
+        kl = torch.zeros(n, dtype=torch.float64, device=dev)
         kr = sel[rows.is_kl[sel]]
         if len(kr):
             kl_pos = rows.lookup[kr] if kl_position == "subject_last" else rows.last[kr]
@@ -278,7 +288,7 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
             raise EditOptimisationError(
                 f"target optimisation diverged (loss {float(lv[i])}) at step {it} for fact {who!r}; "
                 f"no weights were changed -- lower the learning rate (lr={lr})")
-        finishing = active & ((lv < early_stop_loss) | torch.tensor(it == steps - 1))
+        finishing = active & ((lv < early_stop_loss) | (it == steps - 1))
         for i in finishing.nonzero().squeeze(1).tolist():
             final_loss[i], final_nll[i], used[i] = float(lv[i]), float(nv[i]), it
         active &= ~finishing

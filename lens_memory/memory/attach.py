@@ -24,9 +24,16 @@ position), and the query's BOS row does not see the memory (it precedes it). The
   query follows the longest; the memory then costs the context no more positions than its
   longest reference.
 
-The query is run at its ordinary positions 0..n-1; instead, memory keys are re-rotated once at
-attach time so that every query-memory distance equals the true one (rotary attention depends
-only on distances). Sliding-window layers drop memory tokens farther than the window.
+Rotary families (Llama layout, GPT-NeoX, GPT-J): the query is run at its ordinary positions
+0..n-1; instead, memory keys are re-rotated once at attach time so that every query-memory
+distance equals the true one (rotary attention depends only on distances). Only the rotary part
+of a head turns (partial rotary: GPT-NeoX 25%, GPT-J ``rotary_dim`` in interleaved pairs).
+Absolute-position families (GPT-2): a position is baked into the residual stream, so keys cannot
+be moved; the query's tokens after BOS are moved instead (a pre-hook on the position embedding
+adds ``L_mem - 1``) and each memory key keeps the position it was encoded at. With one reference
+(or ``"parallel"``) that is exact; ``"stacked"`` with several references then places each
+reference's keys at its encoded positions, not after the previous reference -- a documented
+deviation on GPT-2 only. Sliding-window layers drop memory tokens farther than the window.
 """
 
 from __future__ import annotations
@@ -48,19 +55,49 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def _interleaved_cos_sin(lm: Any, layer: int, delta: torch.Tensor, d_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPT-J's sin/cos table (``create_sinusoidal_positions``) at arbitrary, also negative, positions."""
+    attn = lm.stack.family.attention(lm.hf, layer)
+    attn = getattr(attn, "original_component", attn)
+    dim = getattr(attn, "rotary_dim", None) or d_head
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.int64) / dim))
+    ang = delta.to("cpu", torch.float32)[..., None] * inv_freq.float()  # [kv_head n dim/2]
+    return (torch.repeat_interleave(ang.cos(), 2, dim=-1), torch.repeat_interleave(ang.sin(), 2, dim=-1))
+
+
 def rotate_keys(lm: Any, layer: int, keys: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Move rotary keys ``[kv_head n d_head]`` by ``delta`` positions ``[kv_head n]`` (rotations compose)."""
-    if not bool((delta != 0).any()):
-        return keys
+    """Move rotary keys ``[kv_head n d_head]`` by ``delta`` positions ``[kv_head n]`` (rotations compose).
+
+    Only the rotary part of each head turns (GPT-NeoX/Pythia: the first 25%; GPT-J: the first
+    ``rotary_dim``, in interleaved pairs); RoPE's ``attention_scaling`` (YaRN, LongRoPE) is applied
+    once at encoding and divided out of the relative rotation. Absolute-position families (GPT-2)
+    return the keys unchanged: their positions are in the residual stream, not the keys.
+    """
     st = lm.stack
-    pos = delta.reshape(1, -1).to(keys.device)
-    lt = st.layer_types[layer]
-    cos, sin = st.rotary(keys, pos, lt) if st._rotary_typed else st.rotary(keys, pos)
-    cos = cos.reshape(*delta.shape, -1).to(keys.dtype)
-    sin = sin.reshape(*delta.shape, -1).to(keys.dtype)
-    if cos.shape[-1] != keys.shape[-1]:
-        raise LensMemoryError(f"{lm.name}: partial rotary embeddings are not supported by KV memory")
-    return keys * cos + _rotate_half(keys) * sin
+    positions = st.family.positions
+    if positions == "absolute" or not bool((delta != 0).any()):
+        return keys
+    if positions == "rotary_interleaved":
+        cos, sin = _interleaved_cos_sin(lm, layer, delta, keys.shape[-1])
+        rotate = _rotate_every_two
+    else:
+        pos = delta.reshape(1, -1).to(keys.device)
+        lt = st.layer_types[layer]
+        cos, sin = st.rotary(keys, pos, lt) if st._rotary_typed else st.rotary(keys, pos)
+        rot = getattr(st.rotary, "original_component", None) or st.rotary
+        scale = float(getattr(rot, "attention_scaling", 1.0) or 1.0)
+        cos, sin = cos.reshape(*delta.shape, -1) / scale, sin.reshape(*delta.shape, -1) / scale
+        rotate = _rotate_half
+    cos, sin = cos.to(keys.device, keys.dtype), sin.to(keys.device, keys.dtype)
+    r = cos.shape[-1]
+    if r > keys.shape[-1]:
+        raise LensMemoryError(f"{lm.name}: rotary width {r} exceeds the head size {keys.shape[-1]}")
+    k_rot, k_pass = keys[..., :r], keys[..., r:]
+    return torch.cat([k_rot * cos + rotate(k_rot) * sin, k_pass], dim=-1)
 
 
 class _MemoryCache:
@@ -111,14 +148,16 @@ class MemoryHandle:
             self._layers[layer] = {"keys": keys, "values": bank.values[layer].to(device=device, dtype=dtype),
                                    "frame": frame.to(device), "window": int(window) if sliding else None,
                                    "n_heads": int(lm.hf.config.num_attention_heads)}
+        fam = lm.stack.family
         try:
-            blocks = lm.hf.model.layers
             for layer in bank.layers:
-                self._handles.append(blocks[layer].self_attn.register_forward_pre_hook(
-                    self._pre_hook(layer), with_kwargs=True))
+                self._handles.append(fam.attention(lm.hf, layer).register_forward_pre_hook(
+                    self._pre_hook(layer, fam.cache_kwarg), with_kwargs=True))
             bos = lm.tokenizer.bos_token_id
             if bos is not None:
-                self._handles.append(lm.hf.model.embed_tokens.register_forward_pre_hook(self._check_bos(bos)))
+                self._handles.append(fam.token_embedding(lm.hf).register_forward_pre_hook(self._check_bos(bos)))
+            if fam.positions == "absolute" and self.n_positions:
+                self._handles.append(fam.position_embedding(lm.hf).register_forward_pre_hook(self._shift_positions()))
         except Exception:
             self.remove()
             raise
@@ -133,7 +172,16 @@ class MemoryHandle:
                                       f"(use LensModel.encode); got a sequence without it")
         return hook
 
-    def _pre_hook(self, layer: int):
+    def _shift_positions(self):
+        """Absolute positions: every query token after BOS moves behind the memory (BOS stays at 0)."""
+        shift = self.n_positions
+
+        def hook(module: Any, args: Any):
+            pos = args[0]
+            return (torch.where(pos > 0, pos + shift, pos), *args[1:])
+        return hook
+
+    def _pre_hook(self, layer: int, cache_kwarg: str):
         mem = self._layers[layer]
         n_ctx, name = self.lm.n_ctx, self.lm.name
         L_mem = self.n_positions + 1
@@ -176,7 +224,7 @@ class MemoryHandle:
                     mask = mask.expand(b, ok.shape[1], q, kv)
             mem_mask = torch.zeros(ok.shape, dtype=h.dtype, device=h.device).masked_fill(~ok, neg)
             kwargs["attention_mask"] = torch.cat([mem_mask, mask], dim=-1)
-            kwargs["past_key_values"] = _MemoryCache(kwargs.get("past_key_values"), mem["keys"], mem["values"])
+            kwargs[cache_kwarg] = _MemoryCache(kwargs.get(cache_kwarg), mem["keys"], mem["values"])
             return args, kwargs
 
         return hook

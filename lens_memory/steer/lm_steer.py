@@ -154,7 +154,7 @@ class LMSteer:
 
     def logit_shift(self, lm: Any, h: Float[torch.Tensor, "d_model"]) -> Float[torch.Tensor, "d_vocab"]:
         """``d logit_v / d ε`` at final hidden state ``h`` for every token ``v``: ``hᵀ W e_v``."""
-        E = lm.hf.lm_head.weight.detach().double()  # [d_vocab, d_model]: rows are the e_v
+        E = lm.hf.get_output_embeddings().weight.detach().double()  # [d_vocab, d_model]: rows are the e_v
         return E @ (self.matrix().T @ h.double())
 
     @torch.no_grad()
@@ -165,7 +165,7 @@ class LMSteer:
         "lowered": [...]}`` where raised/lowered rank tokens by :meth:`logit_shift` at the mean
         final hidden state ``h̄`` of the training texts (``info["mean_hidden"]``).
         """
-        E = lm.hf.lm_head.weight.detach().double()  # [d_vocab, d_model]
+        E = lm.hf.get_output_embeddings().weight.detach().double()  # [d_vocab, d_model]
         _, S, Vh = torch.linalg.svd(self.matrix())
         out: dict[str, Any] = {"directions": []}
         for i in range(min(n_directions, int((S > 0).sum()))):

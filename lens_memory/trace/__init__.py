@@ -67,14 +67,20 @@ from .result import AIE, CATEGORIES, FactTrace, LayerSuggestion, TraceResult, to
 
 __all__ = [
     "TraceConfig", "TraceResult", "FactTrace", "AIE", "LayerSuggestion", "KINDS", "SEVERED_KINDS", "CATEGORIES",
-    "trace_fact", "trace_facts", "prepare_fact", "noise_scale", "token_categories", "restore_hooks", "window_layers",
+    "trace_fact", "trace_facts", "engine_for", "prepare_fact", "noise_scale", "token_categories", "restore_hooks", "window_layers",
     "PreparedFact", "scaled_window", "window_record", "REFERENCE_WINDOW", "REFERENCE_LAYERS",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def _engine(lm: Any, cfg: TraceConfig):
+def engine_for(lm: Any, cfg: TraceConfig):
+    """The scoring function ``cfg.engine`` names on this model (no silent fallback).
+
+    ``"fast"`` needs the partial-forward engine (:mod:`lens_memory.stack`), which knows every
+    family in :mod:`lens_memory.families`; on an unknown layout it raises
+    :class:`~lens_memory.stack.UnsupportedArchitectureError` naming ``engine="reference"``.
+    """
     if cfg.engine == "reference":
         from .reference import reference_scores
 
@@ -85,10 +91,7 @@ def _engine(lm: Any, cfg: TraceConfig):
     try:
         lm.stack
     except UnsupportedArchitectureError as exc:
-        log.warning("%s; falling back to the reference engine", exc)
-        from .reference import reference_scores
-
-        return reference_scores
+        raise UnsupportedArchitectureError(f"{exc}; or trace with TraceConfig(engine='reference')") from None
     return fast_scores
 
 
@@ -106,7 +109,7 @@ def trace_fact(lm: Any, fact: Fact, cfg: TraceConfig | None = None, scale: float
         scale = noise_scale(lm, [fact], cfg)
     prep = prepare_fact(lm, fact, cfg, scale)
     t0 = time.perf_counter()
-    scores, high, low = _engine(lm, cfg)(lm, prep, cfg, cfg.kinds)
+    scores, high, low = engine_for(lm, cfg)(lm, prep, cfg, cfg.kinds)
     return FactTrace(fact=fact, tokens=[lm.decode(int(i)) for i in prep.ids], subject_range=prep.subject_range,
                      answer=lm.decode(prep.answer_id), answer_id=prep.answer_id, high=high, low=low,
                      scores=scores, seconds=time.perf_counter() - t0)

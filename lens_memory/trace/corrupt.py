@@ -46,7 +46,7 @@ def subject_embedding_std(lm: Any, facts: Sequence[Fact]) -> float:
     for f in facts:
         s0, s1 = lm.fact_subject_range(f)
         ids = lm.encode(f.prompt)[s0:s1].to(lm.device)
-        vals.append(lm.stack.embed(ids[None])[0].flatten())
+        vals.append(lm.stack.token_embed(ids[None])[0].flatten())  # hook_embed: no positions (ROME: wte)
     return float(torch.cat(vals).std())
 
 

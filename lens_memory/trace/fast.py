@@ -114,7 +114,7 @@ def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str,
     i = 0
     for kind, t, layers in where:
         k = len(layers) * n
-        out[kind][torch.tensor(layers), t] = probs[i:i + k].view(len(layers), n).mean(1).to(torch.float32)
+        out[kind][torch.tensor(layers), t] = probs[i:i + k].view(len(layers), n).mean(1).to("cpu", torch.float32)
         i += k
     return out, high, low
 

@@ -70,3 +70,34 @@ def test_report_config_keys_the_cache_on_a_non_default_dtype_only():
     assert default.stage_config("rome") != half.stage_config("rome")
     with pytest.raises(LensMemoryError, match="'float8'"):
         ReportConfig(dtype="float8")
+
+
+def test_device_map_loads_a_saved_model_through_accelerate_and_matches_the_plain_load(tmp_path):
+    """device_map="auto" is passed through to from_pretrained and the model works as the plain load does.
+
+    On a machine without a GPU transformers places everything on the CPU without accelerate's dispatch
+    hooks (no ``hf_device_map``), so this checks the plumbing, not a multi-GPU split."""
+    import transformers as tf
+
+    from lens_memory.models import load_model
+    from lens_memory.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = tf.GPTNeoXConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                           max_position_embeddings=256, rotary_pct=0.25, vocab_size=len(tok),
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2)
+    torch.manual_seed(0)
+    d = tmp_path / "neox"
+    tf.GPTNeoXForCausalLM(cfg).save_pretrained(d)  # a plain HF directory (bridge-wrapped models do not save)
+    tok.save_pretrained(d)
+    plain = load_model(str(d))
+    mapped = load_model(str(d), device_map="auto")
+    assert {str(p.device) for p in mapped.hf.parameters()} == {"cpu"}
+    ids = plain.encode("The Eiffel Tower is in")[None]
+    st_p, st_m = plain.stack, mapped.stack
+    with torch.no_grad():
+        a = st_p.logits(st_p.run(st_p.embed(ids)))
+        b = st_m.logits(st_m.run(st_m.embed(ids.to(mapped.device))))
+    assert torch.equal(a, b.to(a.device))
+    with pytest.raises(ValueError, match="device_map='auto' applies to Hugging Face ids"):
+        load_model("tiny", device_map="auto")

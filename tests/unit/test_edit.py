@@ -15,7 +15,7 @@ from lens_memory.errors import ArtifactMismatchError, FactFormatError, LayerOutO
 from lens_memory.facts import Fact
 from lens_memory.hooks import capture
 from lens_memory.models import load_model
-from lens_memory.tiny import TINY_ARCHS, tiny_arch_model
+from lens_memory.tiny import tiny_arch_model
 
 TEXTS = [f"The {w} is located in the city of {c}. People visit {c} to see the {w} every year."
          for w, c in [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"), ("Kremlin", "Moscow"),
@@ -138,7 +138,7 @@ def test_singular_covariance_is_regularised_with_a_warning():
 
 # -- ROME and MEMIT on models ------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ("gemma3",) + TINY_ARCHS)
+@pytest.mark.parametrize("arch", ("gemma3", "gpt2", "gptj", "gpt_neox", "llama", "olmo2"))  # all: test_conformance
 @pytest.mark.parametrize("key_mode", ("original", "rrome", "rrome_prefix"))
 def test_rome_satisfies_its_equation_on_every_architecture(arch, key_mode, tiny, corpus):
     lm = tiny if arch == "gemma3" else tiny_arch_model(arch)

@@ -1,0 +1,316 @@
+"""The conformance matrix: every capability, measured on a tiny random model of every family.
+
+For each family in :data:`lens_memory.tiny.TINY_ARCHS` (GPT-2, GPT-J, GPT-NeoX, Llama, Mistral,
+Qwen 2, Qwen 3, Gemma 2, Gemma 3, Phi-3, OLMo, OLMo 2; 3 layers, random weights) this module
+*measures* -- it does not just run -- each capability against an independent reference:
+
+=============  =========================================================================  ==========
+column         measured                                                                   passes if
+=============  =========================================================================  ==========
+forward        partial forward (:class:`~lens_memory.stack.DecoderStack`, whole and from  <= 1e-5
+               layer 1 at position 6 with a KV prefix) vs the model's own HF forward
+trace          fast causal-tracing engine vs the reference engine, every cell of hidden,  <= 1e-5,
+               MLP and attention restoration; the fast engine must be the one selected    fast path
+knowledge      ``check_knowledge`` top-1 equals the HF forward's argmax (2 prompts), and  agree,
+               the automatic noise scale (3 sigma of subject embeddings) is finite > 0    finite
+rome           ``W' k* + b - v*`` of a ROME edit (its update equation), then bit-exact    <= 1e-4,
+               weights after the edit is removed                                          restored
+memit          one-layer MEMIT with a tiny covariance weight: relative miss of the        see below
+               residual change it asked for; weights restored bit-exactly
+steer          a CAA steering vector changes the logits and restores them bit-exactly     restored
+lm_steer       an LM-Steer (rank 2, 2 epochs) changes the logits, restores them exactly   restored
+memory         one reference as a dense all-layer KV memory vs the same text as a prefix  <= 1e-4,
+               (both HF forwards); logits bit-exact after detaching                       restored
+=============  =========================================================================  ==========
+
+MEMIT: without a post-MLP norm the MLP output enters the residual stream unchanged, so the
+requested change is reached to < 1e-4. Gemma 2/3 and OLMo 2 normalise the MLP output
+(``post_feedforward_layernorm``); the change is then reachable only up to the norm's fixed scale
+and MEMIT takes the closest one (:func:`lens_memory.edit.weights.residual_to_value`): pass is a
+miss < 0.65 with at least half the requested size, and the measured miss is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["COLUMNS", "check_family", "conformance_matrix", "ConformanceMatrix"]
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("forward", "trace", "knowledge", "rome", "memit", "steer", "lm_steer", "memory")
+
+_TEXTS = [f"The {w} is located in the city of {c}. People visit {c} to see the {w} every year."
+          for w, c in [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"),
+                       ("Kremlin", "Moscow"), ("Brandenburg Gate", "Berlin")]] * 4
+_REF = "The Eiffel Tower is located in the city of Rome. It was built long ago."
+_QUERY = "Where is the Eiffel Tower? It is in"
+
+
+def _fact():
+    from .facts import Fact
+
+    return Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="Paris",
+                target_new="Rome", case_id=0)
+
+
+def _hf_logits(lm: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.hf(input_ids=ids.to(lm.device)).logits
+
+
+def _weights(lm: Any) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in lm.hf.state_dict().items()}
+
+
+def _same_weights(lm: Any, before: dict[str, torch.Tensor]) -> bool:
+    now = lm.hf.state_dict()
+    return all(torch.equal(now[k], v) for k, v in before.items())
+
+
+@torch.no_grad()
+def check_forward(lm: Any) -> dict[str, float]:
+    ids = lm.encode(_REF)[:14][None].to(lm.device)
+    hf = lm.hf(input_ids=ids).logits[0]
+    st = lm.stack
+    record: dict = {}
+    full = st.logits(st.run(st.embed(ids), record=record))[0]
+    prefix = {j: (k[:, :, :6], v[:, :, :6]) for j, (k, v) in record.items()}
+    tail = st.run(st.run(st.embed(ids), 0, 1)[:, 6:], 1, None, pos0=6, prefix=prefix)
+    diff = max(float((full - hf).abs().max()), float((st.logits(tail)[0] - hf[6:]).abs().max()))
+    return {"forward_max_diff": diff}
+
+
+def check_trace(lm: Any) -> dict[str, Any]:
+    from .trace import TraceConfig, engine_for, prepare_fact
+    from .trace.fast import fast_scores
+    from .trace.reference import reference_scores
+
+    kinds = ("hidden", "mlp", "attn")
+    cfg = TraceConfig(kinds=kinds, n_samples=2, noise=1.0, window=2)
+    prep = prepare_fact(lm, _fact(), cfg, 1.0)
+    fast = engine_for(lm, cfg)
+    fs, fh, fl = fast(lm, prep, cfg, kinds)
+    rs, rh, rl = reference_scores(lm, prep, cfg, kinds)
+    diff = max([abs(fh - rh), abs(fl - rl)] + [float((fs[k] - rs[k]).abs().max()) for k in kinds])
+    return {"trace_max_diff": diff, "trace_fast_path": fast is fast_scores}
+
+
+def check_knowledge_and_noise(lm: Any) -> dict[str, Any]:
+    from .facts import Fact, check_knowledge
+    from .trace import TraceConfig, noise_scale
+
+    facts = [_fact(), Fact(subject="Big Ben", template="{} is a clock tower in the city of", target_true="London",
+                           case_id=1)]
+    top = check_knowledge(lm, facts).top1
+    hf = [lm.decode(int(_hf_logits(lm, lm.encode(f.prompt)[None])[0, -1].argmax())) for f in facts]
+    nu = noise_scale(lm, facts, TraceConfig())
+    return {"knowledge_agrees": list(top) == hf, "noise_scale": nu}
+
+
+def _stats(lm: Any, layers: list[int]):
+    from .corpus import load_corpus
+    from .edit import StatsConfig, key_statistics
+
+    cfg = StatsConfig(corpus="unused", n_tokens=1000, seq_len=32, batch_size=8)
+    return key_statistics(lm, layers, cfg, corpus=load_corpus(_TEXTS), use_cache=False)
+
+
+def check_rome(lm: Any, layer: int = 1) -> dict[str, Any]:
+    from .edit import RomeConfig, rome
+    from .edit.weights import linear_weight, out_proj
+
+    edit = rome(lm, _fact(), RomeConfig(layer=layer, context_lengths=((3, 2),), v_steps=4), stats=_stats(lm, [layer])[layer])
+    k, v = torch.tensor(edit.info["k_star"]).double(), torch.tensor(edit.info["v_star"]).double()
+    before = _weights(lm)
+    with edit.apply(lm):
+        bias = getattr(out_proj(lm, layer), "bias", None)
+        got = linear_weight(lm, layer).detach().double() @ k + (bias.double() if bias is not None else 0.0)
+        err = float((got - v).abs().max() / v.abs().max().clamp_min(1e-12))
+    return {"rome_equation_err": err, "rome_restored": _same_weights(lm, before)}
+
+
+def check_memit(lm: Any, layer: int = 1) -> dict[str, Any]:
+    from .edit import MemitConfig, memit
+    from .edit.weights import post_norm
+    from .hooks import capture
+
+    fact = _fact()
+    cfg = MemitConfig(layers=(layer,), mom2_update_weight=1e-6, context_lengths=(), v_steps=6)
+    edit = memit(lm, [fact], cfg, stats=_stats(lm, [layer]))
+    ids = lm.encode(fact.prompt)[None].to(lm.device)
+    idx = (torch.tensor([0]), torch.tensor([lm.fact_subject_range(fact)[1] - 1]))
+    hook = f"blocks.{layer}.hook_resid_post"
+    before_w = _weights(lm)
+    z0 = capture(lm, ids, [hook], index=idx)[hook][0].double()
+    with edit.apply(lm):
+        z1 = capture(lm, ids, [hook], index=idx)[hook][0].double()
+    wanted, got = torch.tensor(edit.info["z"][0]).double() - z0, z1 - z0
+    return {"memit_miss": float((got - wanted).norm() / wanted.norm()),
+            "memit_ratio": float(got.norm() / wanted.norm()),
+            "memit_post_norm": post_norm(lm, layer) is not None, "memit_restored": _same_weights(lm, before_w)}
+
+
+def _changes_and_restores(lm: Any, apply) -> tuple[bool, bool]:
+    ids = lm.encode("The show was really")[None]
+    before = _hf_logits(lm, ids).clone()
+    with apply():
+        changed = not torch.equal(before, _hf_logits(lm, ids))
+    return changed, torch.equal(before, _hf_logits(lm, ids))
+
+
+def check_steering(lm: Any) -> dict[str, Any]:
+    from .steer.behaviors import Behavior, ContrastPair
+    from .steer.caa import CAAConfig, caa
+    from .steer.lm_steer import LMSteerConfig, lm_steer
+
+    pairs = [ContrastPair("The film was", " great and fun.", " bad and dull."),
+             ContrastPair("My day was", " lovely.", " awful, really awful.")]
+    beh = Behavior("toy", pairs, ["The show was"], [" good"], [" bad"])
+    vec = caa(lm, beh, CAAConfig(layers=(1,)))
+    s_changed, s_restored = _changes_and_restores(lm, lambda: vec.apply(lm, 3.0, positions="all"))
+    st = lm_steer(lm, beh, LMSteerConfig(rank=2, epochs=2), progress=False)
+    l_changed, l_restored = _changes_and_restores(lm, lambda: st.apply(lm, 1.0))
+    return {"steer_changed": s_changed, "steer_restored": s_restored,
+            "lm_steer_changed": l_changed, "lm_steer_restored": l_restored}
+
+
+def check_memory(lm: Any) -> dict[str, Any]:
+    from .memory import MemoryConfig, encode_memory
+    from .memory.evaluate import exactness_check
+
+    bank = encode_memory(lm, [_REF], MemoryConfig(layers="all"))
+    changed, restored = _changes_and_restores(lm, lambda: bank.apply(lm))
+    return {"memory_prefix_diff": exactness_check(lm, _REF, _QUERY), "memory_changed": changed,
+            "memory_restored": restored}
+
+
+_CHECKS = (check_forward, check_trace, check_knowledge_and_noise, check_rome, check_memit, check_steering, check_memory)
+
+
+def verdicts(m: dict[str, Any]) -> dict[str, bool]:
+    """Pass/fail of every column from one family's measurements (thresholds in the module docstring)."""
+    memit_ok = (m["memit_miss"] < 0.65 and m["memit_ratio"] > 0.5) if m["memit_post_norm"] else m["memit_miss"] < 1e-4
+    return {
+        "forward": m["forward_max_diff"] <= 1e-5,
+        "trace": m["trace_max_diff"] <= 1e-5 and m["trace_fast_path"],
+        "knowledge": m["knowledge_agrees"] and math.isfinite(m["noise_scale"]) and m["noise_scale"] > 0,
+        "rome": m["rome_equation_err"] <= 1e-4 and m["rome_restored"],
+        "memit": memit_ok and m["memit_restored"],
+        "steer": m["steer_changed"] and m["steer_restored"],
+        "lm_steer": m["lm_steer_changed"] and m["lm_steer_restored"],
+        "memory": m["memory_prefix_diff"] <= 1e-4 and m["memory_changed"] and m["memory_restored"],
+    }
+
+
+def check_family(arch: str, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """All measurements on the tiny random model of ``arch`` (a :data:`~lens_memory.tiny.TINY_ARCHS` name)."""
+    import time
+
+    from .tiny import tiny_arch_model
+
+    t0 = time.perf_counter()
+    lm = tiny_arch_model(arch, seed, device=device)
+    m: dict[str, Any] = {"family": arch, "device": str(lm.device), "architecture": lm.identity.architecture, "layout": lm.stack.family.name,
+                         "positions": lm.stack.family.positions}
+    for check in _CHECKS:
+        m.update(check(lm))
+    m["seconds"] = time.perf_counter() - t0
+    return m
+
+
+@dataclass
+class ConformanceMatrix:
+    """Measurements and verdicts per family (one row each)."""
+
+    rows: list[dict[str, Any]]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def verdicts(self) -> dict[str, dict[str, bool]]:
+        return {r["family"]: verdicts(r) for r in self.rows}
+
+    @property
+    def all_pass(self) -> bool:
+        return all(all(v.values()) for v in self.verdicts().values())
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def to_markdown(self) -> str:
+        """The README's family x capability table (✓ passes, ✗ fails; rules in the module docstring)."""
+        ver = self.verdicts()
+        lines = ["| family | layout | positions | " + " | ".join(COLUMNS) + " |",
+                 "|---|---|---|" + "---|" * len(COLUMNS)]
+        for r in self.rows:
+            cells = ["✓" if ver[r["family"]][c] else "✗" for c in COLUMNS]
+            lines.append(f"| {r['family']} | {r['layout']} | {r['positions']} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        worst = {k: max(r[k] for r in self.rows) for k in ("forward_max_diff", "trace_max_diff", "rome_equation_err",
+                                                             "memory_prefix_diff")}
+        return {"families": len(self.rows), "all_pass": self.all_pass, **worst,
+                "memit_miss_post_norm": {r["family"]: r["memit_miss"] for r in self.rows if r["memit_post_norm"]},
+                "seconds": sum(r["seconds"] for r in self.rows)}
+
+    def save(self, path: str | Path) -> Path:
+        from .io import write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "conformance.json", {"format": "lens_memory.conformance/1", "rows": self.rows,
+                                               "provenance": self.provenance})
+        (path / "conformance.md").write_text(self.to_markdown() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConformanceMatrix":
+        from .io import read_json
+
+        d = read_json(Path(path) / "conformance.json")
+        return cls(d["rows"], d.get("provenance", {}))
+
+    def plot(self):
+        """A family x capability grid: green passes, red fails."""
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        ver = self.verdicts()
+        fams = [r["family"] for r in self.rows]
+        grid = np.array([[1.0 if ver[f][c] else 0.0 for c in COLUMNS] for f in fams])
+        fig, ax = plt.subplots(figsize=(1 + 0.7 * len(COLUMNS), 0.8 + 0.3 * len(fams)))
+        ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(COLUMNS)), COLUMNS, rotation=45, ha="right")
+        ax.set_yticks(range(len(fams)), fams)
+        ax.set_title("conformance (tiny random models)")
+        fig.tight_layout()
+        return fig
+
+
+def conformance_matrix(archs: Sequence[str] | None = None, *, seed: int = 0, device: str = "cpu") -> ConformanceMatrix:
+    """:func:`check_family` for every family (default: all of :data:`~lens_memory.tiny.TINY_ARCHS`)."""
+    import platform
+
+    import transformers
+
+    from .tiny import TINY_ARCHS
+
+    archs = list(archs or TINY_ARCHS)
+    unknown = [a for a in archs if a not in TINY_ARCHS]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; choose from {TINY_ARCHS}")
+    rows = []
+    for a in archs:
+        rows.append(check_family(a, seed, device))
+        log.info("conformance %s: %s", a, verdicts(rows[-1]))
+    prov = {"seed": seed, "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "models": "tiny random, 3 layers, d_model 64"}
+    return ConformanceMatrix(rows, prov)
