@@ -1,11 +1,11 @@
-"""Benchmark: fast vs reference causal-tracing engine on the embedded model.
+"""Benchmark: fast vs reference causal-tracing engine on any model (default: the embedded Gemma).
 
 Runs both engines on the first ``--facts`` known built-in facts (default 2), all three kinds
-(hidden, mlp, attn), default settings (10 noise samples, window 10), prints a table and, as the
+(hidden, mlp, attn), default settings (10 noise samples, window scaled to depth), prints a table and, as the
 last line, one JSON object with speedup, max_abs_diff, seconds_per_fact_fast and
 seconds_per_fact_reference.
 
-    python analyses/bench_causal_trace.py [--facts N] [--model gemma-3-270m]
+    python analyses/bench_causal_trace.py [--facts N] [--model gemma-3-270m|smollm2-135m|HF id|DIR] [--kinds mlp]
 """
 
 from __future__ import annotations
