@@ -36,13 +36,17 @@ def capture(lm: Any, ids: torch.Tensor, names: Sequence[str], *,
         index: ``(rows, positions)`` to keep only those entries (result ``[n, d]``); else the
             whole ``[batch pos d]`` activation is returned.
         early_stop: end the pass once every name has fired (default).
+
+    Returns CPU tensors whatever the model's device: statistics over captured activations are
+    computed on the CPU (float64 where it matters); appliers move what they add back to the model.
     """
     names = list(dict.fromkeys(names))
     check_hook_names(lm, names)
     got: dict[str, torch.Tensor] = {}
 
     def grab(x: torch.Tensor, hook: Any, name: str) -> None:
-        got[name] = (x[index[0], index[1]] if index is not None else x).detach().clone()
+        t = (x[index[0], index[1]] if index is not None else x).detach()
+        got[name] = t.clone() if t.device.type == "cpu" else t.cpu()  # analyses work on CPU copies
         if early_stop and len(got) == len(names):
             raise _Done
 

@@ -307,5 +307,5 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
             scale = torch.where(active & (norms > max_norm), max_norm / norms.clamp_min(1e-30), torch.ones_like(norms))
             delta.mul_(scale[:, None])
             delta.grad = None
-    return TargetResult(delta=delta.detach(), init=init, loss=final_loss, nll=final_nll,
+    return TargetResult(delta=delta.detach().cpu(), init=init.cpu(), loss=final_loss, nll=final_nll,
                         target_prob=[float(torch.exp(torch.tensor(-x))) for x in final_nll], steps=used)

@@ -348,8 +348,8 @@ def _encode_one(lm: Any, ids: torch.Tensor, layers: list[int]) -> tuple[dict, di
     seen = torch.arange(n, 0, -1, dtype=torch.float64)  # rows r >= t that can see token t
     for l in layers:
         k, v = record[l]
-        kv[l] = (k[0].detach().clone(), v[0].detach().clone())
-        a = patterns[l][0].double()  # [head q k]
+        kv[l] = (k[0].detach().cpu().clone(), v[0].detach().cpu().clone())  # banks live on the CPU
+        a = patterns[l][0].double().cpu()  # [head q k]
         n_kv = k.shape[1]
         received = a.sum(1).reshape(n_kv, -1, n).sum(1)  # [kv_head n]: summed over query heads of the group and rows
         imp[l] = (received / seen).float()

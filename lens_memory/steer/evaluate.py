@@ -179,7 +179,7 @@ def continuation_nll(lm: Any, prompts: Sequence[str], continuations: Sequence[st
                 owner.append(j)
         h = lm.hf.base_model(input_ids=ids.to(lm.device)).last_hidden_state
         logp = lm.unembed(h[torch.tensor(rows), torch.tensor(cols)]).double().log_softmax(-1)
-        nll = -logp[torch.arange(len(tgt)), torch.tensor(tgt)]
+        nll = -logp[torch.arange(len(tgt)), torch.tensor(tgt)].cpu()
         per = torch.zeros(len(live), dtype=torch.float64).index_add_(0, torch.tensor(owner), nll)
         cnt = torch.bincount(torch.tensor(owner), minlength=len(live)).double()
         vals = iter((per / cnt).tolist())

@@ -69,7 +69,7 @@ def _answer_prob(st: Any, resid: torch.Tensor, answer: int, chunk: int = 512) ->
     """``softmax(logits)[answer]`` per row, as ``exp(z_a - logsumexp(z))`` in row chunks (no softmax copy)."""
     out = []
     for i in range(0, resid.shape[0], chunk):
-        z = st.logits(resid[i:i + chunk])
+        z = st.logits(resid[i:i + chunk]).float()  # probabilities in float32 whatever the weight dtype
         out.append(torch.exp(z[:, answer] - torch.logsumexp(z, dim=-1)))
     return torch.cat(out)
 

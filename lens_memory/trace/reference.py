@@ -74,7 +74,7 @@ def restored_score(lm: Any, prep: PreparedFact, restore: list[tuple[str, int]] =
                 return x
             hooks.append((name, unpatch))
     logits = lm.bridge.run_with_hooks(batch, fwd_hooks=[noise, *hooks])
-    probs = logits[:, -1].softmax(-1)
+    probs = logits[:, -1].float().softmax(-1)  # float32 whatever the weight dtype
     return float(probs[1:, prep.answer_id].mean()), float(probs[0, prep.answer_id])
 
 
