@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     cf.add_argument("--families", default=None, help="comma list of families (default: all)")
     cf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    cf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="weight dtype (the pass thresholds are float32's; other dtypes report measurements)")
     return ap
 
 
@@ -374,7 +376,7 @@ def _cmd_conformance(args) -> dict:
 
     families = args.families.split(",") if args.families else None
     t0 = time.time()
-    m = conformance_matrix(families, device=resolve_device(args.device))
+    m = conformance_matrix(families, device=resolve_device(args.device), dtype=args.dtype)
     m.save(args.out)
     viz.save_figure(m.plot(), args.out / "figures" / "conformance")
     summary = {"command": "conformance", **m.summary(), "verdicts": m.verdicts(), "wall_seconds": round(time.time() - t0, 1)}

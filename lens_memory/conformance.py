@@ -209,15 +209,19 @@ def verdicts(m: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def check_family(arch: str, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
-    """All measurements on the tiny random model of ``arch`` (a :data:`~lens_memory.tiny.TINY_ARCHS` name)."""
+def check_family(arch: str, seed: int = 0, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
+    """All measurements on the tiny random model of ``arch`` (a :data:`~lens_memory.tiny.TINY_ARCHS` name).
+
+    The pass thresholds are float32's; in ``bfloat16``/``float16`` the measurements are what is reported.
+    """
+    from .devices import resolve_dtype
     import time
 
     from .tiny import tiny_arch_model
 
     t0 = time.perf_counter()
-    lm = tiny_arch_model(arch, seed, device=device)
-    m: dict[str, Any] = {"family": arch, "device": str(lm.device), "architecture": lm.identity.architecture, "layout": lm.stack.family.name,
+    lm = tiny_arch_model(arch, seed, device=device, dtype=resolve_dtype(dtype))
+    m: dict[str, Any] = {"family": arch, "device": str(lm.device), "dtype": lm.identity.dtype, "architecture": lm.identity.architecture, "layout": lm.stack.family.name,
                          "positions": lm.stack.family.positions}
     for check in _CHECKS:
         m.update(check(lm))
@@ -295,7 +299,8 @@ class ConformanceMatrix:
         return fig
 
 
-def conformance_matrix(archs: Sequence[str] | None = None, *, seed: int = 0, device: str = "cpu") -> ConformanceMatrix:
+def conformance_matrix(archs: Sequence[str] | None = None, *, seed: int = 0, device: str = "cpu",
+                       dtype: str = "float32") -> ConformanceMatrix:
     """:func:`check_family` for every family (default: all of :data:`~lens_memory.tiny.TINY_ARCHS`)."""
     import platform
 
@@ -309,8 +314,8 @@ def conformance_matrix(archs: Sequence[str] | None = None, *, seed: int = 0, dev
         raise ValueError(f"unknown families {unknown}; choose from {TINY_ARCHS}")
     rows = []
     for a in archs:
-        rows.append(check_family(a, seed, device))
+        rows.append(check_family(a, seed, device, dtype))
         log.info("conformance %s: %s", a, verdicts(rows[-1]))
-    prov = {"seed": seed, "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+    prov = {"seed": seed, "device": device, "dtype": dtype, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "models": "tiny random, 3 layers, d_model 64"}
     return ConformanceMatrix(rows, prov)

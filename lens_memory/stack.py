@@ -63,6 +63,9 @@ class _LayerKV:
         self.record = record
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        # as Hugging Face's DynamicCache, whose concatenation promotes values to the keys' dtype: OLMo's float32
+        # rotary makes bf16 keys float32, and TransformerLens' attention then needs float32 values too
+        value_states = value_states.to(torch.promote_types(key_states.dtype, value_states.dtype))
         if self.record is not None:
             self.record[layer_idx] = (key_states, value_states)
         if self.prefix is not None and layer_idx in self.prefix:
@@ -155,12 +158,11 @@ class DecoderStack:
         q = h.shape[1]
         lt = self.layer_types[j]
         pos = torch.arange(pos0, pos0 + q, device=h.device)[None]
-        kv = _LayerKV(prefix, record) if (prefix is not None or record is not None) else None
+        kv = _LayerKV(prefix, record)  # always a cache, as in HF's own forward (dtype handling above)
         kwargs: dict[str, Any] = {"attention_mask": self._mask(pos0, q, lt, h.dtype, h.device), "position_ids": pos}
         if self.rotary is not None:
             kwargs["position_embeddings"] = self._position_embeddings(h, pos0, q, lt)
-        if kv is not None:
-            kwargs[self.family.cache_kwarg] = kv
+        kwargs[self.family.cache_kwarg] = kv
         out = self.layers[j](h, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 

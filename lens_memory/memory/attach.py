@@ -87,17 +87,18 @@ def rotate_keys(lm: Any, layer: int, keys: torch.Tensor, delta: torch.Tensor) ->
     else:
         pos = delta.reshape(1, -1).to(keys.device)
         lt = st.layer_types[layer]
-        cos, sin = st.rotary(keys, pos, lt) if st._rotary_typed else st.rotary(keys, pos)
+        kf = keys.float()  # tables in float32
+        cos, sin = st.rotary(kf, pos, lt) if st._rotary_typed else st.rotary(kf, pos)
         rot = getattr(st.rotary, "original_component", None) or st.rotary
         scale = float(getattr(rot, "attention_scaling", 1.0) or 1.0)
         cos, sin = cos.reshape(*delta.shape, -1) / scale, sin.reshape(*delta.shape, -1) / scale
         rotate = _rotate_half
-    cos, sin = cos.to(keys.device, keys.dtype), sin.to(keys.device, keys.dtype)
     r = cos.shape[-1]
     if r > keys.shape[-1]:
         raise LensMemoryError(f"{lm.name}: rotary width {r} exceeds the head size {keys.shape[-1]}")
-    k_rot, k_pass = keys[..., :r], keys[..., r:]
-    return torch.cat([k_rot * cos + rotate(k_rot) * sin, k_pass], dim=-1)
+    cos, sin = cos.to(keys.device, torch.float32), sin.to(keys.device, torch.float32)
+    k_rot, k_pass = keys[..., :r].float(), keys[..., r:]  # rotated in float32, rounded once to the keys' dtype
+    return torch.cat([(k_rot * cos + rotate(k_rot) * sin).to(keys.dtype), k_pass], dim=-1)
 
 
 class _MemoryCache:

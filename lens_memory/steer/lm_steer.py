@@ -225,8 +225,10 @@ def lm_steer(lm: Any, behavior: Behavior | str, cfg: LMSteerConfig | None = None
     t_hidden = time.perf_counter() - t0
     g = torch.Generator().manual_seed(cfg.seed)
     d = lm.d_model
-    P = (torch.randn(d, cfg.rank, generator=g) * cfg.init_scale).requires_grad_(True)
-    Q = (torch.randn(d, cfg.rank, generator=g) * cfg.init_scale).requires_grad_(True)
+    # P, Q in float32 on the model's device; the unembedding runs in the model's dtype, the loss in float32
+    P = (torch.randn(d, cfg.rank, generator=g) * cfg.init_scale).to(lm.device).requires_grad_(True)
+    Q = (torch.randn(d, cfg.rank, generator=g) * cfg.init_scale).to(lm.device).requires_grad_(True)
+    w_dtype = lm.hf.get_output_embeddings().weight.dtype
     opt = torch.optim.Adam([P, Q], lr=cfg.lr)
     losses = []
     n = len(Y)
@@ -238,7 +240,7 @@ def lm_steer(lm: Any, behavior: Behavior | str, cfg: LMSteerConfig | None = None
             idx = order[i:i + cfg.batch_tokens]
             h, y, e = H[idx].to(lm.device), Y[idx].to(lm.device), EPS[idx].to(lm.device)
             h2 = h + e[:, None] * ((h @ P) @ Q.T)
-            loss = torch.nn.functional.cross_entropy(lm.unembed(h2).float(), y)
+            loss = torch.nn.functional.cross_entropy(lm.unembed(h2.to(w_dtype)).float(), y)
             if not torch.isfinite(loss):
                 raise LensMemoryError(f"LM-Steer training diverged (loss {loss.item()}); lower lr ({cfg.lr})")
             opt.zero_grad()
@@ -251,4 +253,4 @@ def lm_steer(lm: Any, behavior: Behavior | str, cfg: LMSteerConfig | None = None
     info = {"n_tokens": n, "losses": losses[:: max(1, len(losses) // 50)], "final_loss": losses[-1],
             "seconds": time.perf_counter() - t0, "hidden_seconds": t_hidden,
             "mean_hidden": H.double().mean(0).tolist(), "hook": HOOK}
-    return LMSteer(P.detach(), Q.detach(), b.name, cfg.to_dict(), lm.identity.to_dict(), info)
+    return LMSteer(P.detach().cpu(), Q.detach().cpu(), b.name, cfg.to_dict(), lm.identity.to_dict(), info)

@@ -53,7 +53,7 @@ def test_readme_table_is_the_generated_matrix(tmp_path):
     assert found, "README lacks the conformance table markers"
     assert found.group(1).strip() == m.to_markdown()
     back = ConformanceMatrix.load(m.save(tmp_path / "c"))
-    assert back.verdicts() == m.verdicts() and list(m.to_dataframe().columns[:4]) == ["family", "device", "architecture", "layout"]
+    assert back.verdicts() == m.verdicts() and list(m.to_dataframe().columns[:4]) == ["family", "device", "dtype", "architecture"]
 
 
 def test_unknown_layouts_are_refused_by_name_not_silently_slow():
