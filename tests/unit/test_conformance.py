@@ -106,3 +106,14 @@ def test_gpt2_memory_moves_the_query_not_the_keys():
     assert shift == bank.n_positions() - 1 > 0
     assert seen[0][0].tolist() == [0] + [i + shift for i in range(1, n)]
     assert seen[1][0].tolist() == list(range(n))
+
+
+@pytest.mark.parametrize("arch", ("olmo", "gpt_neox"))
+def test_bfloat16_partial_forward_is_the_hf_forward_and_steering_restores(arch):
+    """OLMo's float32 rotary tables made bf16 partial forwards fail (dtype mix without a cache); LM-Steer trained
+    float32 maps against a bf16 unembedding. Both now run, and the partial forward stays bit-identical."""
+    from lens_memory.conformance import check_forward, check_steering
+
+    lm = tiny_arch_model(arch, dtype=torch.bfloat16)
+    assert check_forward(lm)["forward_max_diff"] == 0.0
+    assert all(check_steering(lm).values())
