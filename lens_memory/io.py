@@ -89,7 +89,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Atomically write tensors (made contiguous, on CPU) to a safetensors file."""
     from safetensors.torch import save_file
 
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # clone: .contiguous() keeps a [d, 1] view's stride (1, d), which byte views and some readers refuse
+    clean = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
     return Path(path)

@@ -132,7 +132,7 @@ def _closest_normed(a: Float[torch.Tensor, "batch d_model"], g: Float[torch.Tens
 
 def tensor_sha256(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes."""
-    t = t.detach().to("cpu").contiguous()
+    t = t.detach().to("cpu").clone(memory_format=torch.contiguous_format)  # standard strides, also for [d, 1]
     h = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}".encode())
     h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,10 +123,10 @@ class TraceConfig:
                     object.__setattr__(self, "noise", float(self.noise))
                 except ValueError:
                     raise ValueError(f"noise must be 'auto' or a number, got {self.noise!r}") from None
-        if not isinstance(self.noise, str) and not (float(self.noise) >= 0):
-            raise ValueError(f"noise scale must be >= 0, got {self.noise!r}")
-        if not self.noise_multiplier > 0:
-            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier!r}")
+        if not isinstance(self.noise, str) and not (0 <= float(self.noise) < math.inf):
+            raise ValueError(f"noise scale must be a finite number >= 0, got {self.noise!r}")
+        if isinstance(self.noise_multiplier, bool) or not (0 < float(self.noise_multiplier) < math.inf):
+            raise ValueError(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
         object.__setattr__(self, "window", _check_window(self.window))
         if self.engine not in ("fast", "reference"):
             raise ValueError(f"engine must be 'fast' or 'reference', got {self.engine!r}")

@@ -219,8 +219,16 @@ class TraceResult:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``trace.json`` + ``scores.safetensors`` into directory ``path`` (atomically)."""
+        """Write ``trace.json`` + ``scores.safetensors`` into directory ``path`` (atomically).
+
+        An existing ``path`` is replaced only if it is empty or a saved trace result: anything else
+        raises :class:`~lens_memory.errors.ArtifactMismatchError` and is left untouched. The old
+        result is renamed aside before the new one moves in, so a kill loses neither.
+        """
         path = Path(path)
+        if path.exists() and not _replaceable(path):
+            raise ArtifactMismatchError(f"refusing to replace {path}: it is not a lens_memory trace result "
+                                        f"(choose another directory)")
         tmp = path.with_name(f".{path.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -230,9 +238,14 @@ class TraceResult:
         write_json(tmp / "trace.json", {"format": "lens_memory.trace/1", "provenance": self.provenance,
                                         "n_facts": self.n_facts, "n_known": self.n_known, "extra": self.extra,
                                         "traces": [t.meta() for t in self.traces]})
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
         if path.exists():
-            shutil.rmtree(path)
+            path.rename(old)
         tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
         return path
 
     @classmethod
@@ -245,3 +258,18 @@ class TraceResult:
         traces = [FactTrace.from_meta(m, tensors, f"{i}/") for i, m in enumerate(meta["traces"])]
         return cls(provenance=meta["provenance"], traces=traces, n_facts=meta["n_facts"], n_known=meta["n_known"],
                    extra=meta.get("extra", {}))
+
+
+def _replaceable(path: Path) -> bool:
+    """An empty directory, or one holding a saved trace result (and nothing else of the user's)."""
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return True
+    if not names <= {"trace.json", "scores.safetensors"} or "trace.json" not in names:
+        return False
+    try:
+        return read_json(path / "trace.json").get("format") == "lens_memory.trace/1"
+    except Exception:
+        return False

@@ -464,3 +464,16 @@ def test_rome_default_equals_the_reference_algorithm(corpus):
     assert cos > 0.99999 and abs(float(ours.norm() / ref.norm()) - 1) < 1e-3, (cos, float(ours.norm() / ref.norm()))
     other = rome(lm, EIFFEL, dataclasses.replace(cfg, kl_position="prompt_last"), stats=st).delta(1).double()
     assert float((other * ref).sum() / (other.norm() * ref.norm())) < cos  # the old KL position differs
+
+
+def test_memit_with_one_fact_saves_hashes_and_keys_the_state(corpus, tmp_path):
+    """Issue 16, defect 2: a one-fact MEMIT's factor is a [d, 1] view with stride (1, d); hashing and saving it
+    crashed after all the work. Now it has an id, saves, loads back equal and keys the model state."""
+    lm = tiny_arch_model("llama")
+    st = _stats(lm, [1], corpus)
+    e = memit(lm, [EIFFEL], MemitConfig(layers=(1,), context_lengths=(), v_steps=2), stats=st)
+    assert len(e.edit_id) == 64
+    back = Edit.load(e.save(tmp_path / "one") or tmp_path / "one")
+    assert back.edit_id == e.edit_id and torch.equal(back.delta(1), e.delta(1))
+    with e.apply(lm):
+        assert lm.state_key() != lm.identity.weight_hash

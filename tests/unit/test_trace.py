@@ -134,3 +134,31 @@ def test_scaled_window_in_the_engines_and_the_cli(tiny, prep):
     parse = build_parser().parse_args
     assert TraceConfig(window=parse(["trace", "--out", "x"]).window).window == "scaled"
     assert TraceConfig(window=parse(["trace", "--out", "x", "--window", "10"]).window).window == 10
+
+
+def test_trace_config_refuses_infinite_noise():
+    """Issue 16, defect 8: --noise inf gave NaN scores, peak layer -1 and exit 0."""
+    for bad in (dict(noise=float("inf")), dict(noise="inf"), dict(noise_multiplier=float("inf")),
+                dict(noise=float("nan")), dict(noise_multiplier=0.0)):
+        with pytest.raises(ValueError, match="finite"):
+            TraceConfig(**bad)
+
+
+def test_saving_a_trace_never_deletes_what_it_did_not_write(tiny, tmp_path):
+    """Issue 16, defect 1: save() removed whatever directory was at the path, user files included."""
+    from lens_memory.errors import ArtifactMismatchError
+    from lens_memory.facts import Fact
+    from lens_memory.trace import TraceResult, trace_facts
+
+    fact = Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="Paris", case_id=0)
+    res = trace_facts(tiny, [fact], TraceConfig(kinds=("mlp",), n_samples=2, noise=1.0), only_known=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactMismatchError, match="refusing to replace"):
+        res.save(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    out = res.save(tmp_path / "t")
+    res.save(out)  # replacing a trace result is fine, and leaves no temporary directories
+    assert TraceResult.load(out).n_facts == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "t"]
