@@ -37,9 +37,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="weight dtype (tracing and editing are exact in float32)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def _facts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts", default="builtin", help="'builtin', or a known-facts / CounterFact JSON path or URL")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N facts")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N facts")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,11 +167,11 @@ class LensModel:
     # -- validation ----------------------------------------------------------------------
     def check_layer(self, layer: int, what: str = "layer") -> int:
         """Return ``layer`` if it indexes a block, else raise naming the value and the range."""
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
-            raise LayerOutOfRangeError(
-                f"{what} {layer!r} is out of range for {self.name} (valid: 0..{self.n_layers - 1})"
-            )
-        return layer
+        if isinstance(layer, numbers.Integral) and not isinstance(layer, bool) and 0 <= int(layer) < self.n_layers:
+            return int(layer)  # numpy and torch integers included
+        raise LayerOutOfRangeError(
+            f"{what} {layer!r} is out of range for {self.name} (valid: 0..{self.n_layers - 1})"
+        )
 
     # -- tokenization (the one place for BOS and leading-space conventions) ---------------
     def encode(self, prompt: str) -> Int[torch.Tensor, "pos"]:

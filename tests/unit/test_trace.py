@@ -162,3 +162,14 @@ def test_saving_a_trace_never_deletes_what_it_did_not_write(tiny, tmp_path):
     res.save(out)  # replacing a trace result is fine, and leaves no temporary directories
     assert TraceResult.load(out).n_facts == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "t"]
+
+
+def test_a_corrupt_checkpoint_is_traced_again_not_a_blocked_rerun(tiny, tmp_path):
+    """Issue 16, defect 10: a truncated checkpoint raised SafetensorError on every rerun."""
+    fact = Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="Paris", case_id=0)
+    cfg = TraceConfig(kinds=("mlp",), n_samples=2, noise=1.0)
+    first = trace_facts(tiny, [fact], cfg, only_known=False, checkpoint_dir=tmp_path, progress=False)
+    (st,) = list(tmp_path.rglob("fact00000.safetensors"))
+    st.write_bytes(st.read_bytes()[:20])  # truncated by a kill
+    again = trace_facts(tiny, [fact], cfg, only_known=False, checkpoint_dir=tmp_path, progress=False)
+    assert torch.equal(again.traces[0].scores["mlp"], first.traces[0].scores["mlp"])
