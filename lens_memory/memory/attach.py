@@ -130,7 +130,12 @@ class MemoryHandle:
     def __init__(self, lm: Any, bank: Any):
         self.lm, self.bank = lm, bank
         self._handles: list[Any] = []
-        self.active = True
+        self.active = False
+        other = getattr(lm, "_attached_memory", None)
+        if other is not None and other.active:
+            raise LensMemoryError(f"a memory bank is already attached to {lm.name} ({other.bank!r}); remove it first "
+                                  f"-- two memories would both claim the positions after BOS (encode the references "
+                                  f"into one bank to use them together)")
         L_mem = bank.n_positions()
         self.n_positions = L_mem - 1
         if L_mem >= lm.n_ctx:
@@ -162,6 +167,8 @@ class MemoryHandle:
         except Exception:
             self.remove()
             raise
+        self.active = True
+        lm._attached_memory = self
 
     def _check_bos(self, bos: int):
         name = self.lm.name
@@ -236,6 +243,8 @@ class MemoryHandle:
             hd.remove()
         self._handles = []
         self.active = False
+        if getattr(self.lm, "_attached_memory", None) is self:
+            self.lm._attached_memory = None
 
     def __enter__(self) -> "MemoryHandle":
         return self

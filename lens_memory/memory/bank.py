@@ -371,6 +371,10 @@ def encode_memory(lm: Any, references: Sequence[str] | Sequence[tuple[str, str]]
     cfg = cfg or MemoryConfig()
     if not references:
         raise EmptyReferenceError("no references to encode")
+    attached = getattr(lm, "_attached_memory", None)
+    if attached is not None and attached.active:
+        raise LensMemoryError(f"a memory bank is attached to {lm.name} ({attached.bank!r}); references are encoded by "
+                              f"the model without memory -- remove it first")
     pairs = [(r if isinstance(r, tuple) else (f"ref-{i}", r)) for i, r in enumerate(references)]
     ids_seen: set[str] = set()
     for rid, text in pairs:

@@ -333,3 +333,23 @@ def test_memory_layer_sweep_rows_and_round_trip(tiny, tmp_path):
     assert ((df[["efficacy", "paraphrase", "neighborhood"]] >= 0) & (df[["efficacy", "paraphrase", "neighborhood"]] <= 1)).all().all()
     sw.save(tmp_path)
     assert MemoryLayerSweep.load(tmp_path).rows == sw.rows
+
+
+def test_a_second_memory_is_refused_while_one_is_attached(tiny):
+    """Issue 16, defect 9: a bank applied twice was attached twice without a word (both claimed the positions
+    after BOS). Now the second apply raises, and after removing the first another can be attached."""
+    q = tiny.encode(QUERY)
+    before = _logits(tiny, q)
+    bank, other = encode_memory(tiny, [REF]), encode_memory(tiny, [REF2])
+    with bank.apply(tiny):
+        once = _logits(tiny, q)
+        with pytest.raises(LensMemoryError, match="already attached"):
+            bank.apply(tiny)
+        with pytest.raises(LensMemoryError, match="already attached"):
+            other.apply(tiny)
+        with pytest.raises(LensMemoryError, match="encoded by the model without memory"):
+            encode_memory(tiny, [REF2])
+        assert torch.equal(_logits(tiny, q), once)
+    assert torch.equal(_logits(tiny, q), before)
+    with other.apply(tiny):
+        assert not torch.equal(_logits(tiny, q), before)
