@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,10 @@ __all__ = ["main"]
 log = logging.getLogger("lens_memory")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     p.add_argument("--model", default="gemma-3-270m", help="model name (gemma-3-270m, tiny, a HF id or directory)")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=out_required, type=Path, default=None,
+                   help="output directory" + ("" if out_required else " (optional: summary.json is written there)"))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (a GPU when there is one)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -54,7 +56,15 @@ def _facts_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lens-memory", description="Where and how language models keep memory.")
+    from . import __version__
+
+    ap.add_argument("--version", action="version", version=f"lens-memory {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
+
+    fg = sub.add_parser("figures", help="regenerate every paper figure (PDF + PNG) from a saved report run")
+    fg.add_argument("--run", required=True, type=Path, help="a `lens-memory report --out` directory")
+    fg.add_argument("--out", required=True, type=Path, help="where the figures go")
+    fg.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     t = sub.add_parser("trace", help="causal tracing (Meng et al. 2022)")
     _common(t)
@@ -140,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=0)
 
     m = sub.add_parser("models", help="list offline models; --check-facts reports known facts")
-    _common(m)
+    _common(m, out_required=False)
     _facts_args(m)
     m.add_argument("--check-facts", action="store_true", help="report which facts the model knows")
 
@@ -367,14 +377,15 @@ def _cmd_models(args) -> dict:
         facts = load_facts(args.facts, args.limit)
         k = check_knowledge(lm, facts)
         df = k.to_dataframe()
-        args.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out / "knowledge.csv", index=False)
+        if args.out is not None:
+            df.to_csv(args.out / "knowledge.csv", index=False)
         per_rel = df.groupby("relation_id")["known"].agg(["mean", "sum", "count"])
         summary.update({"model": lm.identity.to_dict(), "n_facts": len(facts), "n_known": k.n_known,
                         "fraction_known": k.fraction_known,
                         "per_relation": {r: {"known": int(row["sum"]), "n": int(row["count"]), "fraction": float(row["mean"])}
                                          for r, row in per_rel.iterrows()}})
-    write_json(args.out / "summary.json", summary)
+    if args.out is not None:
+        write_json(args.out / "summary.json", summary)
     return summary
 
 
@@ -394,6 +405,34 @@ def _cmd_conformance(args) -> dict:
     return summary
 
 
+def _cmd_figures(args) -> dict:
+    from .errors import LensMemoryError
+    from .io import write_json
+    from .report.figures import regenerate_figures
+
+    if not (args.run / "stages").is_dir():
+        raise LensMemoryError(f"--run {args.run} is not a `lens-memory report --out` directory (no stages/)")
+    files = regenerate_figures(args.run, args.out)
+    summary = {"command": "figures", "run": str(args.run), "figures": sorted({p.stem for p in files}),
+               "files": len(files)}
+    write_json(args.out / "summary.json", summary)
+    return summary
+
+
+def _writable_dir(out: Path) -> None:
+    """Create ``out`` or refuse it before any work: a file, or a directory we cannot write into."""
+    from .errors import LensMemoryError
+
+    if out.exists() and not out.is_dir():
+        raise LensMemoryError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LensMemoryError(f"--out {out} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise LensMemoryError(f"--out {out} is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import LensMemoryError
 
@@ -403,17 +442,20 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("transformers", "transformer_lens", "root", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        if args.out is not None:
+            _writable_dir(args.out)
         summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
                    "memory": _cmd_memory, "models": _cmd_models,
-                   "report": _cmd_report, "conformance": _cmd_conformance}[args.command](args)
+                   "report": _cmd_report, "conformance": _cmd_conformance,
+                   "figures": _cmd_figures}[args.command](args)
     except (LensMemoryError, ValueError) as exc:  # DeviceUnavailableError included
         sys.stderr.write(f"lens-memory: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("lens-memory: interrupted; finished facts are kept in --out/.checkpoints\n")
         return 130
-    log.info("wrote %s", args.out / "summary.json")
+    if args.out is not None:
+        log.info("wrote %s", args.out / "summary.json")
     brief = {k: v for k, v in summary.items()
                  if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
                               "eval_config", "interpretation", "decomposition", "memory_config",

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .artifacts import load_artifact, require, save_artifact
 from .errors import LensMemoryError
-from .io import read_json, write_json
 
 __all__ = ["Mechanism", "CompareConfig", "Comparison", "compare_mechanisms", "artifact_nbytes", "reversibility"]
 
@@ -162,16 +162,15 @@ class Comparison:
                                    title=f"{self.provenance.get('n_facts')} counterfactual facts, every mechanism")
 
     def save(self, path: str | Path) -> Path:
-        return write_json(Path(path) / "comparison.json", {"format": "lens_memory.comparison/1", "rows": self.rows,
-                                                           "provenance": self.provenance, "per_fact": self.per_fact})
+        """Write ``comparison.json`` into directory ``path`` atomically."""
+        return save_artifact(path, "comparison", {"rows": self.rows, "provenance": self.provenance,
+                                                  "per_fact": self.per_fact})
 
     @classmethod
     def load(cls, path: str | Path) -> "Comparison":
-        d = read_json(Path(path) / "comparison.json")
-        if d.get("format") != "lens_memory.comparison/1":
-            raise LensMemoryError(f"{path} does not hold a saved comparison")
+        d, _ = load_artifact(path, "comparison")
+        require(d, ("rows", "provenance"), path)
         return cls(d["rows"], d["provenance"], d.get("per_fact", {}))
-
 
 def compare_mechanisms(lm: Any, facts: Sequence[Any], mechanisms: Sequence[Mechanism],
                        config: CompareConfig | None = None, *, include_baseline: bool = True,

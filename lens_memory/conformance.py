@@ -266,20 +266,19 @@ class ConformanceMatrix:
                 "seconds": sum(r["seconds"] for r in self.rows)}
 
     def save(self, path: str | Path) -> Path:
-        from .io import write_json
+        """Write ``conformance.json`` (+ ``conformance.md``, the README table) into ``path`` atomically."""
+        from .artifacts import save_artifact
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "conformance.json", {"format": "lens_memory.conformance/1", "rows": self.rows,
-                                               "provenance": self.provenance})
-        (path / "conformance.md").write_text(self.to_markdown() + "\n")
-        return path
+        md = self.to_markdown() + "\n"
+        return save_artifact(path, "conformance", {"rows": self.rows, "provenance": self.provenance},
+                             extra=lambda d: (d / "conformance.md").write_text(md))
 
     @classmethod
     def load(cls, path: str | Path) -> "ConformanceMatrix":
-        from .io import read_json
+        from .artifacts import load_artifact, require
 
-        d = read_json(Path(path) / "conformance.json")
+        d, _ = load_artifact(path, "conformance")
+        require(d, ("rows",), path)
         return cls(d["rows"], d.get("provenance", {}))
 
     def plot(self):

@@ -28,6 +28,8 @@ first token) with the probabilities.
 
 from __future__ import annotations
 
+import string
+
 import dataclasses
 import hashlib
 import json
@@ -60,6 +62,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def one_slot(template: str) -> bool:
+    """True if ``template.format(x)`` puts ``x`` in exactly one place: one bare ``{}``, no other field."""
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+        template.format("x")
+    except (ValueError, IndexError, KeyError):
+        return False
+    return fields == [""] and "{}" in template
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,9 @@ class Fact:
             v = getattr(self, name)
             if not isinstance(v, str) or not v.strip():
                 raise FactFormatError(f"{where}: field {name!r} must be a non-empty string, got {v!r}")
-        if self.template.count("{}") != 1:
-            raise FactFormatError(f"{where}: field 'template' must contain exactly one '{{}}', got {self.template!r}")
+        if not one_slot(self.template):
+            raise FactFormatError(f"{where}: field 'template' must contain exactly one '{{}}' (and no other "
+                                  f"format field; write literal braces as '{{{{' '}}}}'), got {self.template!r}")
         if self.target_new is not None and (not isinstance(self.target_new, str) or not self.target_new.strip()):
             raise FactFormatError(f"{where}: field 'target_new' must be a non-empty string or null, got {self.target_new!r}")
         for name in ("paraphrases", "neighborhood", "generation_prompts", "attribute_prompts"):
@@ -225,8 +238,9 @@ def _known_record(rec: Any, i: int) -> Fact:
     template = _field(rec, i, "template", "template")
     prompt = _field(rec, i, "prompt", "prompt", required=False)
     rid = rec.get("known_id", i)
-    if template.count("{}") != 1:
-        raise FactFormatError(f"record {i} (id {rid}): field 'template' needs exactly one '{{}}': {template!r}")
+    if not one_slot(template):
+        raise FactFormatError(f"record {i} (id {rid}): field 'template' needs exactly one '{{}}' and no other "
+                              f"format field: {template!r}")
     if prompt is None:
         prompt = template.format(subject)
     at = prompt.find(subject)

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .errors import InputTooLongError
+
 __all__ = ["generate", "left_pad"]
 
 
@@ -47,6 +49,9 @@ def generate(lm: Any, prompts: Sequence[str], *, max_new_tokens: int = 50, top_k
         for b in range(0, len(prompts), batch_size):
             ids, mask = left_pad(lm, prompts[b:b + batch_size])
             width = ids.shape[1]
+            if width + max_new_tokens > lm.n_ctx:
+                raise InputTooLongError(f"prompt of {width} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                                        f"context of {lm.name} ({lm.n_ctx} positions)")
             kwargs: dict[str, Any] = {"do_sample": top_k is not None, "max_new_tokens": max_new_tokens,
                                       "min_new_tokens": max_new_tokens, "pad_token_id": pad}
             if top_k is not None:

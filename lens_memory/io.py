@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +23,11 @@ import torch
 
 __all__ = [
     "atomic_path",
+    "pid_alive",
+    "readable_mode",
+    "sweep_orphans",
     "write_json",
+    "write_bytes",
     "read_json",
     "save_tensors",
     "load_tensors",
@@ -51,16 +57,60 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def readable_mode(path: Path, *, directory: bool = False) -> None:
+    """Give a freshly created temporary file (mode 0600) or directory (0700) the usual umask mode."""
+    path.chmod((0o777 if directory else 0o666) & ~_umask())
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_orphans(parent: Path, prefix: str) -> int:
+    """Delete ``parent/prefix<pid>-*`` leftovers whose writing process is gone (a kill mid-write).
+
+    Temporary names carry the writer's pid, so a live writer's file is never touched.
+    """
+    removed = 0
+    for p in parent.glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    The temporary file is ``.NAME.<pid>-<random>.part``; leftovers of killed writers are swept
+    on the next write to the same name. The result gets the umask's mode (not mkstemp's 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    prefix = f".{path.name}."
+    sweep_orphans(path.parent, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            readable_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -71,6 +121,13 @@ def write_json(path: str | Path, data: Any) -> Path:
     """Atomically write ``data`` (dataclasses allowed) as indented JSON."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write raw bytes (an HTML page, a figure) to ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

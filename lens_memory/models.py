@@ -108,7 +108,18 @@ class LensModel:
         self.tokenizer = tokenizer
         self.identity = identity
         self._stack = None
-        self.applied_edits: list[Any] = []  # edit handles currently applied, innermost last
+        self.handles: list[Any] = []  # every applied artifact's Handle, in application order
+
+    @property
+    def applied_edits(self) -> list[Any]:
+        """Edit handles currently applied, innermost last (a view of :attr:`handles`)."""
+        return [h for h in self.handles if h.kind == "edit"]
+
+    @property
+    def attached_memory(self) -> Any:
+        """The attached KV memory's handle, or ``None``."""
+        mem = [h for h in self.handles if h.kind == "memory"]
+        return mem[-1] if mem else None
 
     def state_key(self, below_layer: int | None = None) -> str:
         """Identity of the *current* weights: the loaded weights' hash plus the edits applied on top.

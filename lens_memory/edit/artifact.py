@@ -17,28 +17,28 @@ Applying checks that the model and the current weights are the ones the edit was
 (a different model, or weights changed by another edit, are refused). Restoring copies the
 saved original tensors back, so removal is exact whatever the floating-point arithmetic.
 Edits stack: compute a second edit while the first is applied (sequential editing) and
-remove them in reverse order. ``save``/``load`` use safetensors + JSON.
+remove them in reverse order. ``save``/``load`` use :mod:`lens_memory.artifacts.persist`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
+from ..artifacts import Handle, applied, check_identity, load_artifact, require, save_artifact
 from ..errors import ArtifactMismatchError, LensMemoryError
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..models import ModelIdentity
 from .weights import proj_weight, tensor_sha256, to_stored
 
 __all__ = ["Edit", "EditHandle", "applied", "WeightPatch"]
 
 log = logging.getLogger(__name__)
+
+KIND = "edit"
 
 
 class WeightPatch:
@@ -126,11 +126,7 @@ class Edit:
     # -- application -----------------------------------------------------------------------
     def check(self, lm: Any) -> None:
         """Raise :class:`ArtifactMismatchError` unless ``lm`` has exactly the weights this edit was computed on."""
-        mine = ModelIdentity.from_dict(self.model)
-        if not mine.same_model(lm.identity):
-            raise ArtifactMismatchError(
-                f"edit was computed on {mine.name!r} (weights {mine.weight_hash[:12]}), "
-                f"not on {lm.identity.name!r} (weights {lm.identity.weight_hash[:12]})")
+        check_identity(self.model, lm, "edit")
         for layer in self.layers:
             if layer >= lm.n_layers:
                 raise ArtifactMismatchError(f"edit touches layer {layer}; {lm.name} has {lm.n_layers} layers")
@@ -144,39 +140,29 @@ class Edit:
         """Apply to ``lm``; use as a context manager or call ``.remove()``."""
         self.check(lm)
         patch = WeightPatch(lm, {layer: self.delta(layer) for layer in self.layers})
-        handle = EditHandle(self, lm, patch)
-        lm.applied_edits.append(handle)
-        return handle
+        return EditHandle(self, lm, patch)._activate()
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path/edit.json`` and ``path/deltas.safetensors``."""
-        path = Path(path)
+        """Write the edit (``edit.json`` + ``edit.safetensors``) into directory ``path`` atomically."""
         tensors = {}
         for layer, (u, v) in self.factors.items():
             tensors[f"layer{layer}.U"] = u
             if v is not None:
                 tensors[f"layer{layer}.V"] = v
-        save_tensors(path / "deltas.safetensors", tensors)
-        write_json(path / "edit.json", {
-            "format": "lens_memory.edit/1", "method": self.method, "layers": self.layers, "edit_id": self.edit_id,
+        return save_artifact(path, KIND, {
+            "method": self.method, "layers": self.layers, "edit_id": self.edit_id,
             "requests": self.requests, "config": self.config, "model": self.model,
-            "base_hashes": {str(k): v for k, v in self.base_hashes.items()}, "info": self.info})
-        return path
+            "base_hashes": {str(k): v for k, v in self.base_hashes.items()}, "info": self.info}, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> "Edit":
-        path = Path(path)
-        if not (path / "edit.json").exists() or not (path / "deltas.safetensors").exists():
-            raise ArtifactMismatchError(f"{path} is not a saved edit (needs edit.json and deltas.safetensors)")
-        meta = read_json(path / "edit.json")
-        if meta.get("format") != "lens_memory.edit/1":
-            raise ArtifactMismatchError(f"{path}/edit.json has format {meta.get('format')!r}, not 'lens_memory.edit/1'")
+        meta, t = load_artifact(path, KIND)
+        require(meta, ("method", "layers", "requests", "config", "model", "base_hashes"), path)
         try:
-            t = load_tensors(path / "deltas.safetensors")
-        except Exception as exc:
-            raise ArtifactMismatchError(f"{path}/deltas.safetensors is unreadable ({exc})") from None
-        factors = {int(layer): (t[f"layer{layer}.U"], t.get(f"layer{layer}.V")) for layer in meta["layers"]}
+            factors = {int(layer): (t[f"layer{layer}.U"], t.get(f"layer{layer}.V")) for layer in meta["layers"]}
+        except KeyError as exc:
+            raise ArtifactMismatchError(f"{path}: tensor {exc.args[0]!r} is missing") from None
         edit = cls(method=meta["method"], factors=factors, requests=meta["requests"], config=meta["config"],
                    model=meta["model"], base_hashes={int(k): v for k, v in meta["base_hashes"].items()},
                    info=meta.get("info", {}))
@@ -185,12 +171,17 @@ class Edit:
         return edit
 
 
-class EditHandle:
-    """An applied edit. ``remove()`` (or leaving the ``with`` block) restores the weights bit for bit."""
+class EditHandle(Handle):
+    """An applied edit. ``remove()`` (or leaving the ``with`` block) restores the weights bit for bit.
+
+    Edits stack: they must be removed in reverse order of application.
+    """
+
+    kind = "edit"
 
     def __init__(self, edit: Edit, lm: Any, patch: WeightPatch):
-        self.edit, self.lm, self._patch = edit, lm, patch
-        self.active = True
+        super().__init__(edit, lm)
+        self.edit, self._patch = edit, patch
 
     @property
     def layers(self) -> list[int]:
@@ -200,33 +191,9 @@ class EditHandle:
     def edit_id(self) -> str:
         return self.edit.edit_id
 
-    def remove(self) -> None:
-        if not self.active:
-            return
+    def _undo(self) -> None:
         stack = self.lm.applied_edits
         if stack and stack[-1] is not self:
             raise LensMemoryError("edits must be removed in reverse order of application "
                                   f"(last applied: {stack[-1].edit!r})")
         self._patch.restore()
-        if stack:
-            stack.pop()
-        self.active = False
-
-    def __enter__(self) -> "EditHandle":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-
-@contextlib.contextmanager
-def applied(lm: Any, edits: Sequence[Edit]) -> Iterator[list[EditHandle]]:
-    """Apply ``edits`` in order (sequential editing) and remove them in reverse on exit."""
-    handles: list[EditHandle] = []
-    try:
-        for e in edits:
-            handles.append(e.apply(lm))
-        yield handles
-    finally:
-        for h in reversed(handles):
-            h.remove()

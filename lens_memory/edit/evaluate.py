@@ -42,10 +42,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..artifacts import load_artifact, require, save_artifact
 from ..errors import LensMemoryError
 from ..facts import Fact
 from ..generation import generate
-from ..io import read_json, write_json
 from ..metrics import (KINDS, fact_scores, fluency_tokenizer, generation_entropy, mean_ci, rome_generation_text,
                        score_s, tfidf_similarity)
 
@@ -147,19 +147,15 @@ class EditEvaluation:
         return plot_edit_scores(self, ax=ax)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        write_json(path / "evaluation.json", {"format": "lens_memory.edit_evaluation/1",
-                                              "provenance": self.provenance, "rows": self.rows,
-                                              "generation": self.generation})
-        return path
+        """Write ``evaluation.json`` into directory ``path`` atomically."""
+        return save_artifact(path, "evaluation", {"provenance": self.provenance, "rows": self.rows,
+                                                  "generation": self.generation})
 
     @classmethod
     def load(cls, path: str | Path) -> "EditEvaluation":
-        d = read_json(Path(path) / "evaluation.json")
-        if d.get("format") != "lens_memory.edit_evaluation/1":
-            raise LensMemoryError(f"{path} does not hold a saved edit evaluation")
+        d, _ = load_artifact(path, "evaluation")
+        require(d, ("provenance", "rows"), path)
         return cls(provenance=d["provenance"], rows=d["rows"], generation=d.get("generation", {}))
-
 
 @contextlib.contextmanager
 def _applied(lm: Any, artifacts: Sequence[Any]):

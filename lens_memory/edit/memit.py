@@ -48,7 +48,7 @@ from .artifact import Edit, WeightPatch
 from .config import EditConfigBase
 from .rome import default_layer
 from .solve import memit_update, regularise
-from .stats import StatsConfig, key_statistics
+from .stats import StatsConfig, check_stats, key_statistics
 from .targets import (build_rows, check_requests, context_groups, context_templates, lookup_activations,
                       optimise_targets, per_fact_mean)
 from .weights import key_hook, proj_weight, residual_to_value, tensor_sha256, value_hook
@@ -176,6 +176,8 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
     check_requests(lm, facts)
     t0 = time.perf_counter()
     stats = dict(stats or {})
+    for j, st in stats.items():
+        check_stats(st, lm, j)
     missing = [j for j in Ls if j not in stats]
     if missing:
         stats.update(key_statistics(lm, missing, cfg.stats))

@@ -53,7 +53,7 @@ from ..facts import Fact
 from .artifact import Edit
 from .config import EditConfigBase
 from .solve import regularise, rome_update
-from .stats import StatsConfig, key_statistics
+from .stats import StatsConfig, check_stats, key_statistics
 from .targets import (EditRows, build_rows, check_requests, context_templates, lookup_activations, optimise_targets,
                       per_fact_mean)
 from .weights import key_hook, linear_weight, out_proj, proj_weight, tensor_sha256, value_hook
@@ -142,8 +142,7 @@ def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | 
     check_requests(lm, [fact])
     t0 = time.perf_counter()
     st = stats if stats is not None else key_statistics(lm, L, cfg.stats)[L]
-    if st.layer != L or st.model != lm.name:
-        raise LensMemoryError(f"key statistics are for {st.model!r} layer {st.layer}, not {lm.name!r} layer {L}")
+    check_stats(st, lm, L)
     t_stats = time.perf_counter() - t0
     contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
     rows = build_rows(lm, [fact], contexts)

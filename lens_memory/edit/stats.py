@@ -35,7 +35,7 @@ from ..errors import LensMemoryError
 from ..io import read_json, save_tensors, load_tensors, write_json
 from .weights import key_hook
 
-__all__ = ["StatsConfig", "KeyStats", "key_statistics"]
+__all__ = ["StatsConfig", "KeyStats", "key_statistics", "check_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,21 @@ class KeyStats:
         meta = read_json(path.with_suffix(".json"))
         t = load_tensors(path)
         return cls(mom2=t["mom2"], mean=t["mean"], **meta)
+
+
+def check_stats(st: KeyStats, lm: Any, layer: int) -> None:
+    """Refuse key statistics of another layer, hook or model state (compared by weight hash, not name).
+
+    The keys entering layer ``layer``'s MLP output projection depend on every weight below it, so the
+    statistics must have been computed on weights with the same :meth:`LensModel.state_key` below ``layer``.
+    """
+    if st.layer != layer or st.hook != key_hook(layer):
+        raise LensMemoryError(f"key statistics are for layer {st.layer} ({st.hook}), not layer {layer} ({key_hook(layer)})")
+    now = lm.state_key(below_layer=layer)
+    if st.state_key != now:
+        raise LensMemoryError(f"key statistics for layer {layer} were computed on {st.model!r} with weights "
+                              f"{st.state_key[:12]}, not on {lm.name!r}'s current weights {now[:12]} -- recompute "
+                              f"them with key_statistics(model, {layer}, ...)")
 
 
 def _cache_file(lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig, cache_dir: str | Path | None) -> Path:

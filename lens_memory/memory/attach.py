@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from ..artifacts import Handle
 from ..errors import InputTooLongError, LensMemoryError
 
 __all__ = ["MemoryHandle", "rotate_keys"]
@@ -119,7 +120,7 @@ class _MemoryCache:
         return self.inner.get_seq_length(layer_idx) if self.inner is not None else 0
 
 
-class MemoryHandle:
+class MemoryHandle(Handle):
     """An attached :class:`~lens_memory.memory.bank.MemoryBank`; ``remove()`` or leaving ``with`` detaches it.
 
     Attributes:
@@ -127,12 +128,14 @@ class MemoryHandle:
         n_positions: positions the memory occupies before the query (``L_mem - 1``, BOS shared).
     """
 
+    kind = "memory"
+
     def __init__(self, lm: Any, bank: Any):
-        self.lm, self.bank = lm, bank
+        super().__init__(bank, lm)
+        self.bank = bank
         self._handles: list[Any] = []
-        self.active = False
-        other = getattr(lm, "_attached_memory", None)
-        if other is not None and other.active:
+        other = lm.attached_memory
+        if other is not None:
             raise LensMemoryError(f"a memory bank is already attached to {lm.name} ({other.bank!r}); remove it first "
                                   f"-- two memories would both claim the positions after BOS (encode the references "
                                   f"into one bank to use them together)")
@@ -165,10 +168,9 @@ class MemoryHandle:
             if fam.positions == "absolute" and self.n_positions:
                 self._handles.append(fam.position_embedding(lm.hf).register_forward_pre_hook(self._shift_positions()))
         except Exception:
-            self.remove()
+            self._undo()
             raise
-        self.active = True
-        lm._attached_memory = self
+        self._activate()
 
     def _check_bos(self, bos: int):
         name = self.lm.name
@@ -237,17 +239,7 @@ class MemoryHandle:
 
         return hook
 
-    def remove(self) -> None:
-        """Detach the memory (idempotent)."""
+    def _undo(self) -> None:
         for hd in self._handles:
             hd.remove()
         self._handles = []
-        self.active = False
-        if getattr(self.lm, "_attached_memory", None) is self:
-            self.lm._attached_memory = None
-
-    def __enter__(self) -> "MemoryHandle":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()

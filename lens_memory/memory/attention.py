@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float
 
+from ..artifacts import load_artifact, require, save_artifact
 from ..errors import LensMemoryError
-from ..io import load_tensors, read_json, save_tensors, write_json
 
 __all__ = ["AttentionProfile", "AttentionComparison", "attention_profile", "compare_attention", "METRICS"]
 
@@ -203,22 +201,17 @@ class AttentionComparison:
         return viz.plot_attention_conditions(self, metric)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        save_tensors(path / "attention.safetensors", {m: torch.from_numpy(np.ascontiguousarray(v)) for m, v in self.values.items()})
-        write_json(path / "attention.json", {"format": "lens_memory.attention_comparison/1", "conditions": self.conditions,
-                                              "reference_tokens": self.reference_tokens, "provenance": self.provenance})
-        return path
+        """Write ``attention.json`` + ``attention.safetensors`` into directory ``path`` atomically."""
+        return save_artifact(path, "attention", {"conditions": self.conditions, "reference_tokens": self.reference_tokens,
+                                                 "provenance": self.provenance},
+                             {m: torch.from_numpy(np.ascontiguousarray(v)) for m, v in self.values.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "AttentionComparison":
-        path = Path(path)
-        meta = read_json(path / "attention.json")
-        if meta.get("format") != "lens_memory.attention_comparison/1":
-            raise LensMemoryError(f"{path} does not hold a saved attention comparison")
-        t = load_tensors(path / "attention.safetensors")
+        meta, t = load_artifact(path, "attention")
+        require(meta, ("conditions", "reference_tokens", "provenance"), path)
         return cls(meta["conditions"], {m: t[m].numpy() for m in METRICS},
                    {k: [tuple(x) for x in v] for k, v in meta["reference_tokens"].items()}, meta["provenance"])
-
 
 def compare_attention(lm: Any, queries: Sequence[str], references: Sequence[str],
                       memories: dict[str, Sequence[Any]] | None = None, *, progress: bool = False) -> AttentionComparison:

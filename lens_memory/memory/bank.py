@@ -67,16 +67,16 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 
+from ..artifacts import check_identity, load_artifact, require, save_artifact
 from ..errors import ArtifactMismatchError, LensMemoryError
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..models import ModelIdentity
 
 __all__ = ["MemoryConfig", "MemoryBank", "encode_memory", "tokenizer_fingerprint", "kv_bytes_per_token",
            "EmptyReferenceError"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lens_memory.memory_bank/1"
+KIND = "memory"
+_PARTS = ("keys", "values", "enc_pos", "ref_index", "importance")
 POSITIONS = ("stacked", "parallel")
 
 
@@ -223,12 +223,7 @@ class MemoryBank:
     # -- use ---------------------------------------------------------------------------------
     def check(self, lm: Any) -> None:
         """Refuse a model or tokenizer other than the one the memory was encoded with."""
-        if self.model:
-            mine = ModelIdentity.from_dict(self.model)
-            if not mine.same_model(lm.identity):
-                raise ArtifactMismatchError(
-                    f"memory was encoded with {mine.name!r} (weights {mine.weight_hash[:12]}), "
-                    f"not {lm.name!r} (weights {lm.identity.weight_hash[:12]})")
+        check_identity(self.model, lm, "memory")
         if self.tokenizer and self.tokenizer != tokenizer_fingerprint(lm.tokenizer):
             raise ArtifactMismatchError(f"memory was encoded with another tokenizer than {lm.name!r}'s "
                                         f"(fingerprint {self.tokenizer[:12]})")
@@ -302,33 +297,19 @@ class MemoryBank:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``memory.safetensors`` and ``memory.json`` into directory ``path``."""
-        path = Path(path)
-        tensors = {}
-        for l in self.layers:
-            for name in ("keys", "values", "enc_pos", "ref_index", "importance"):
-                tensors[f"{name}.{l}"] = getattr(self, name)[l]
-        save_tensors(path / "memory.safetensors", tensors)
-        write_json(path / "memory.json", {"format": FORMAT, "config": self.config.to_dict(), "layers": self.layers,
+        """Write ``memory.json`` + ``memory.safetensors`` into directory ``path`` atomically."""
+        tensors = {f"{name}.{l}": getattr(self, name)[l] for l in self.layers for name in _PARTS}
+        return save_artifact(path, KIND, {"config": self.config.to_dict(), "layers": self.layers,
                                           "references": self.references, "model": self.model,
-                                          "tokenizer": self.tokenizer, "info": self.info, "nbytes": self.nbytes()})
-        return path
+                                          "tokenizer": self.tokenizer, "info": self.info, "nbytes": self.nbytes()},
+                             tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> "MemoryBank":
-        path = Path(path)
-        meta_p, t_p = path / "memory.json", path / "memory.safetensors"
-        if not meta_p.exists() or not t_p.exists():
-            raise ArtifactMismatchError(f"{path} is not a saved memory bank (needs {meta_p.name} and {t_p.name})")
-        meta = read_json(meta_p)
-        if meta.get("format") != FORMAT:
-            raise ArtifactMismatchError(f"{meta_p} has format {meta.get('format')!r}, not {FORMAT!r}")
-        try:
-            t = load_tensors(t_p)
-        except Exception as exc:
-            raise ArtifactMismatchError(f"{t_p} is unreadable ({exc})") from None
+        meta, t = load_artifact(path, KIND)
+        require(meta, ("config", "layers", "references"), path)
         layers = [int(l) for l in meta["layers"]]
-        parts = {name: {l: t[f"{name}.{l}"] for l in layers} for name in ("keys", "values", "enc_pos", "ref_index", "importance")}
+        parts = {name: {l: t[f"{name}.{l}"] for l in layers} for name in _PARTS}
         return cls(MemoryConfig.from_dict(meta["config"]), layers, meta["references"], parts["keys"], parts["values"],
                    parts["enc_pos"], parts["ref_index"], parts["importance"], meta.get("model", {}),
                    meta.get("tokenizer", ""), meta.get("info", {}))
@@ -371,8 +352,8 @@ def encode_memory(lm: Any, references: Sequence[str] | Sequence[tuple[str, str]]
     cfg = cfg or MemoryConfig()
     if not references:
         raise EmptyReferenceError("no references to encode")
-    attached = getattr(lm, "_attached_memory", None)
-    if attached is not None and attached.active:
+    attached = lm.attached_memory
+    if attached is not None:
         raise LensMemoryError(f"a memory bank is attached to {lm.name} ({attached.bank!r}); references are encoded by "
                               f"the model without memory -- remove it first")
     pairs = [(r if isinstance(r, tuple) else (f"ref-{i}", r)) for i, r in enumerate(references)]

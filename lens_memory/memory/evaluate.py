@@ -125,20 +125,18 @@ class MemoryLayerSweep:
                                        title="memory at different layers")
 
     def save(self, path: str | Path) -> Path:
-        from ..io import write_json
+        """Write ``layer_sweep.json`` into directory ``path`` atomically."""
+        from ..artifacts import save_artifact
 
-        return write_json(Path(path) / "layer_sweep.json", {"format": "lens_memory.memory_layer_sweep/1",
-                                                             "rows": self.rows, "provenance": self.provenance})
+        return save_artifact(path, "layer_sweep", {"rows": self.rows, "provenance": self.provenance})
 
     @classmethod
     def load(cls, path: str | Path) -> "MemoryLayerSweep":
-        from ..io import read_json
+        from ..artifacts import load_artifact, require
 
-        d = read_json(Path(path) / "layer_sweep.json")
-        if d.get("format") != "lens_memory.memory_layer_sweep/1":
-            raise LensMemoryError(f"{path} does not hold a saved memory layer sweep")
+        d, _ = load_artifact(path, "layer_sweep")
+        require(d, ("rows", "provenance"), path)
         return cls(d["rows"], d["provenance"])
-
 
 def memory_layer_sweep(lm: Any, facts: Sequence[Any], layer_sets: Sequence[Sequence[int] | str],
                        top_ks: Sequence[int | None] = (None,), *, progress: bool = False) -> MemoryLayerSweep:

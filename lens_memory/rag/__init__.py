@@ -1,11 +1,12 @@
 """Retrieval-augmented generation: the context-side memory baseline.
 
-Knowledge lives in a persistent :class:`DocumentStore` maintained with Mem0-style ADD / UPDATE /
-DELETE operations (Chhikara et al. 2025); a retriever -- Okapi BM25 (Robertson & Zaragoza 2009)
-or dense Sentence-BERT embeddings (Reimers & Gurevych 2019) -- picks documents for a query and
-:func:`assemble_prompt` puts them before it, as in RAG (Lewis et al. 2020)::
+Knowledge lives in a persistent :class:`DocumentStore` (an SQLite file that several handles and
+processes may change at once) maintained with Mem0-style ADD / UPDATE / DELETE operations (Chhikara
+et al. 2025); a retriever -- Okapi BM25 (Robertson & Zaragoza 2009) or dense Sentence-BERT
+embeddings (Reimers & Gurevych 2019) -- picks documents for a query and :func:`assemble_prompt`
+puts them before it, as in RAG (Lewis et al. 2020)::
 
-    store = build_fact_store(facts, "runs/rag/store.json")   # counterfactual facts as sentences
+    store = build_fact_store(facts, "runs/rag/store.sqlite") # counterfactual facts as sentences
     retriever = get_retriever("bm25", store)
     hits = retriever.search(fact.prompt, k=1)
     prompt = assemble_prompt(fact.prompt, hits)              # "<doc>\\n\\n<query>"
@@ -20,8 +21,11 @@ generator jointly and marginalise over the top-k passages. Deviations, and why:
 * **In-context reading with a frozen model.** Nothing is trained. Retrieved text is put before the query
   (:class:`ContextArtifact`) and read by the unchanged base model, the way the KV memory and the weight
   edits use the unchanged model too.
-* **Retrievers.** BM25 (implemented here, k1 = 1.5, b = 0.75) and all-MiniLM-L6-v2 embeddings instead of
-  DPR, because both run offline.
+* **Retrievers.** BM25 (k1 = 1.5, b = 0.75, scored by the ``bm25s`` library) and all-MiniLM-L6-v2
+  embeddings instead of DPR, because both run offline. BM25 uses the Lucene IDF
+  ln((N - df + 0.5) / (df + 0.5) + 1), which stays positive for terms in more than half the documents,
+  with the Okapi term-frequency part f (k1 + 1) / (f + k1 (1 - b + b |D| / avgdl)) (``bm25s``
+  ``method="atire", idf_method="lucene"``), not the Robertson-Sparck Jones IDF without the ``+ 1``.
 * **Oracle documents in the knowledge comparison.** When efficacy / paraphrase / neighbourhood are
   measured, each fact gets its own document (``ContextArtifact([doc])``, no retrieval). The comparison
   with KV memories and edits is about *reading* a fact, not finding it. Retrieval is measured apart, as

@@ -12,14 +12,18 @@ encoder exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..artifacts import Handle, load_artifact, require, save_artifact
 from ..errors import LensMemoryError
 from .prompt import DEFAULT_TEMPLATE, assemble_prompt
 
 __all__ = ["ContextArtifact", "ContextHandle"]
+
+KIND = "context"
 
 
 @dataclass
@@ -56,16 +60,30 @@ class ContextArtifact:
         return sum(len(d.encode("utf-8")) for d in self.documents)
 
     def apply(self, lm: Any) -> "ContextHandle":
+        """Put the documents before every prompt ``lm`` encodes; a :class:`~lens_memory.artifacts.Handle`."""
         return ContextHandle(lm, self)
 
+    def save(self, path: str | Path) -> Path:
+        """Write ``context.json`` into directory ``path`` atomically."""
+        return save_artifact(path, KIND, {"documents": self.documents, "template": self.template, "ids": self.ids})
 
-class ContextHandle:
+    @classmethod
+    def load(cls, path: str | Path) -> "ContextArtifact":
+        meta, _ = load_artifact(path, KIND)
+        require(meta, ("documents", "template"), path)
+        return cls(list(meta["documents"]), meta["template"], list(meta.get("ids", [])))
+
+
+class ContextHandle(Handle):
     """An applied :class:`ContextArtifact`; ``remove()`` or leaving ``with`` restores ``lm``'s encoder."""
+
+    kind = "context"
 
     def __init__(self, lm: Any, ctx: ContextArtifact):
         if "_encode_with_offsets" in vars(lm):
             raise LensMemoryError("a context artifact is already applied to this model; remove it first")
-        self.lm, self.ctx = lm, ctx
+        super().__init__(ctx, lm)
+        self.ctx = ctx
         original = lm._encode_with_offsets  # the bound method of the class
 
         def encode_with_context(prompt: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -75,15 +93,7 @@ class ContextHandle:
             return ids, [(a - shift, b - shift) if b > a else (a, b) for a, b in offsets]
 
         lm._encode_with_offsets = encode_with_context
-        self.active = True
+        self._activate()
 
-    def remove(self) -> None:
-        if self.active:
-            del self.lm._encode_with_offsets
-            self.active = False
-
-    def __enter__(self) -> "ContextHandle":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+    def _undo(self) -> None:
+        del self.lm._encode_with_offsets

@@ -31,11 +31,12 @@ import math
 import numbers
 import os
 import re
-import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from ..io import write_bytes
 
 __all__ = ["Figure", "Table", "Section", "Report", "render_html", "render_markdown", "MISSING"]
 
@@ -161,17 +162,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``data`` atomically (temporary file + rename, readable mode)."""
+    write_bytes(path, data)
 
 
 def _read_png(path: str | Path) -> bytes:

@@ -34,17 +34,19 @@ feature's top-activating tokens with their contexts in a corpus (the offline cor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
 
-from ..errors import LensMemoryError
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..artifacts import load_artifact, save_artifact
+from ..errors import ArtifactMismatchError, LensMemoryError
 
 __all__ = ["Decomposition", "decompose", "matching_pursuit", "label_features", "edit_direction", "METHODS"]
+
+KIND = "decomposition"
 
 #: pursuit methods; the first is the default
 METHODS = ("nonnegative", "signed")
@@ -52,6 +54,15 @@ METHODS = ("nonnegative", "signed")
 
 def _unwrap(sae: Any) -> Any:
     return getattr(sae, "sae", sae)
+
+
+def _check_hook(sae: Any, hook: str | None) -> None:
+    """Refuse an SAE trained at another hook than the direction lives at (when both are known)."""
+    meta = getattr(getattr(sae, "cfg", None), "metadata", None)
+    recorded = getattr(meta, "hook_name", None)
+    if hook and recorded and recorded != hook:
+        raise LensMemoryError(f"the direction lives at {hook!r} but the SAE was trained at {recorded!r}; "
+                              f"decompose with an SAE of the same hook")
 
 
 def _refit(A: Float[torch.Tensor, "d_model n_chosen"], v: Float[torch.Tensor, "d_model"],
@@ -143,23 +154,22 @@ class Decomposition:
         return plot_decomposition(self, k=k)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        save_tensors(path / "cosines.safetensors", {"cosines": self.cosines})
+        """Write ``decomposition.json`` + ``decomposition.safetensors`` into ``path`` atomically."""
         d = asdict(self)
         d.pop("cosines")
-        write_json(path / "decomposition.json", {"format": "lens_memory.decomposition/1", **d})
-        return path
+        return save_artifact(path, KIND, d, {"cosines": self.cosines})
 
     @classmethod
     def load(cls, path: str | Path) -> "Decomposition":
-        path = Path(path)
-        d = read_json(path / "decomposition.json")
-        if d.pop("format", None) != "lens_memory.decomposition/1":
-            raise LensMemoryError(f"{path} is not a saved decomposition")
+        d, t = load_artifact(path, KIND)
+        names = {f.name for f in fields(cls)} - {"cosines"}
+        d = {k: v for k, v in d.items() if k in names}
         d["labels"] = {int(k): v for k, v in d.get("labels", {}).items()}
         d.setdefault("method", "signed")  # saved before the non-negative default existed
-        return cls(cosines=load_tensors(path / "cosines.safetensors")["cosines"], **d)
-
+        try:
+            return cls(cosines=t["cosines"], **d)
+        except TypeError as exc:
+            raise ArtifactMismatchError(f"{path}: {exc}") from None
 
 @torch.no_grad()
 def label_features(lm: Any, sae: Any, hook: str, features: Sequence[int], *, corpus: Any = "offline",
@@ -217,6 +227,7 @@ def decompose(direction: Any, sae: Any, *, k: int = 20, name: str = "", hook: st
         v = direction.vectors[layer]
     else:
         v = torch.as_tensor(direction)
+    _check_hook(s, hook)
     D = s.W_dec.detach().double()
     if v.shape != (D.shape[1],):
         raise LensMemoryError(f"direction has shape {tuple(v.shape)}, the SAE decodes to d_in={D.shape[1]}")

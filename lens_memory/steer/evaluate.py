@@ -23,16 +23,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..artifacts import Handle, load_artifact, require, save_artifact
 from ..errors import LensMemoryError
 from ..generation import generate, left_pad
-from ..io import read_json, write_json
 from ..metrics import mean_ci
 from .behaviors import SPLITS, Behavior, load_behavior
 from .scorers import get_scorer
@@ -108,10 +108,9 @@ class PromptingBaseline:
         key = "positive_instruction" if strength > 0 else "negative_instruction"
         return self.behavior.prompting[key] + prompt
 
-    def apply(self, lm: Any, strength: float = 1.0, positions: str = "after_prompt"):
-        import contextlib
-
-        return contextlib.nullcontext()
+    def apply(self, lm: Any, strength: float = 1.0, positions: str = "after_prompt") -> Handle:
+        """Changes nothing in the model (the instruction goes into the prompt); a no-op :class:`Handle`."""
+        return Handle(self, lm, kind="prompting")._activate()
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -268,15 +267,15 @@ class SteeringEvaluation:
         return plot_steering_tradeoff([self], axes=axes)
 
     def save(self, path: str | Path) -> Path:
-        return write_json(Path(path) / "steering_evaluation.json", {"format": "lens_memory.steer_eval/1", **asdict(self)})
+        """Write ``steering_evaluation.json`` into directory ``path`` atomically."""
+        return save_artifact(path, "steering_evaluation", asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringEvaluation":
-        d = read_json(Path(path) / "steering_evaluation.json")
-        if d.pop("format", None) != "lens_memory.steer_eval/1":
-            raise LensMemoryError(f"{path} is not a saved steering evaluation")
-        return cls(**d)
-
+        d, _ = load_artifact(path, "steering_evaluation")
+        names = {f.name for f in fields(cls)}
+        require(d, tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING), path)
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 def evaluate_steering(lm: Any, behavior: Behavior | str, artifact: Any, cfg: SteerEvalConfig | None = None, *,
                       progress: bool = True) -> SteeringEvaluation:

@@ -55,19 +55,19 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..artifacts import check_identity, load_artifact, require, save_artifact
+from ..edit.weights import tensor_sha256
 from ..errors import ArtifactMismatchError, LensMemoryError
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..models import ModelIdentity
 from .activations import encode_pair_side
 from .behaviors import Behavior, load_behavior
-from .vector import SteeringHandle, SteeringNaNError
+from .vector import SteeringHandle, SteeringNaNError, refuse_twice
 
 __all__ = ["LMSteerConfig", "LMSteer", "lm_steer", "HOOK"]
 
 log = logging.getLogger(__name__)
 
 HOOK = "unembed.hook_in"
-FORMAT = "lens_memory.lm_steer/1"
+KIND = "lm_steer"
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,7 @@ class LMSteer:
         return int(self.P.nbytes + self.Q.nbytes)
 
     def check(self, lm: Any) -> None:
-        if self.model and not ModelIdentity.from_dict(self.model).same_model(lm.identity):
-            raise ArtifactMismatchError(f"LM-Steer map was trained on {self.model.get('name')!r}, not on {lm.name!r}")
+        check_identity(self.model, lm, "LM-Steer map")
         if self.P.shape[0] != lm.d_model:
             raise ArtifactMismatchError(f"LM-Steer map has d_model {self.P.shape[0]}, {lm.name} has {lm.d_model}")
 
@@ -146,7 +145,11 @@ class LMSteer:
                 raise SteeringNaNError(f"LM-Steer with strength {strength!r} produced NaN/inf hidden states")
             return res
 
-        return SteeringHandle(self, lm.bridge.hook_dict[self.hook].register_forward_hook(hook))
+        artifact_id = "lm_steer:" + tensor_sha256(self.P.float()) + tensor_sha256(self.Q.float())
+        refuse_twice(lm, self, artifact_id)
+        hd = lm.bridge.hook_dict[self.hook].register_forward_hook(hook)
+        hd.strength = s
+        return SteeringHandle(self, lm, hd, artifact_id)
 
     def matrix(self) -> Float[torch.Tensor, "d_model d_model"]:
         """``W = P Qᵀ``, acting on output embeddings (``e -> e + ε W e``); the hidden-state map is ``Wᵀ``."""
@@ -181,22 +184,16 @@ class LMSteer:
         return out
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        save_tensors(path / "lm_steer.safetensors", {"P": self.P, "Q": self.Q})
-        write_json(path / "lm_steer.json", {"format": FORMAT, "behavior": self.behavior, "config": self.config,
-                                            "model": self.model, "info": self.info, "hook": self.hook})
-        return path
+        """Write ``lm_steer.json`` + ``lm_steer.safetensors`` into ``path`` atomically."""
+        return save_artifact(path, KIND, {"behavior": self.behavior, "config": self.config, "model": self.model,
+                                          "info": self.info, "hook": self.hook}, {"P": self.P, "Q": self.Q})
 
     @classmethod
     def load(cls, path: str | Path) -> "LMSteer":
-        path = Path(path)
-        if not (path / "lm_steer.json").exists() or not (path / "lm_steer.safetensors").exists():
-            raise ArtifactMismatchError(f"{path} is not a saved LM-Steer map")
-        meta = read_json(path / "lm_steer.json")
-        if meta.get("format") != FORMAT:
-            raise ArtifactMismatchError(f"{path}/lm_steer.json has format {meta.get('format')!r}, not {FORMAT!r}")
-        t = load_tensors(path / "lm_steer.safetensors")
-        return cls(t["P"], t["Q"], meta["behavior"], meta["config"], meta["model"], meta["info"], hook=meta["hook"])
+        meta, t = load_artifact(path, KIND)
+        require(meta, ("behavior", "config", "hook"), path)
+        return cls(t["P"], t["Q"], meta["behavior"], meta["config"], meta.get("model", {}), meta.get("info", {}),
+                   hook=meta["hook"])
 
 
 @torch.no_grad()

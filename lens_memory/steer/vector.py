@@ -25,6 +25,7 @@ Positions (``positions=``):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,16 +34,15 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..artifacts import Handle, active_handles, check_identity, load_artifact, require, save_artifact
 from ..errors import ArtifactMismatchError, LensMemoryError
-from ..io import load_tensors, read_json, save_tensors, write_json
-from ..models import ModelIdentity
 
-__all__ = ["SteeringVector", "SteeringHandle", "HookAddition", "SteeringNaNError", "POSITION_MODES"]
+__all__ = ["SteeringVector", "SteeringHandle", "HookAddition", "SteeringNaNError", "POSITION_MODES", "refuse_twice"]
 
 log = logging.getLogger(__name__)
 
 POSITION_MODES = ("after_prompt", "all")
-FORMAT = "lens_memory.steering_vector/1"
+KIND = "steering_vector"
 
 
 class SteeringNaNError(LensMemoryError, FloatingPointError):
@@ -137,25 +137,35 @@ class SteeringVector:
         norms = ", ".join(f"L{l}: |v|={self.norm(l):.3g}" for l in self.layers)
         return f"SteeringVector({self.method}, {self.behavior!r}, {norms})"
 
+    @property
+    def vector_id(self) -> str:
+        """SHA-256 of the directions and where they act (two equal vectors have equal ids)."""
+        from ..edit.weights import tensor_sha256
+
+        h = hashlib.sha256(self.hook_template.encode())
+        for layer in self.layers:
+            h.update(f"{layer}:{tensor_sha256(self.vectors[layer].float())}".encode())
+        return h.hexdigest()
+
     def check(self, lm: Any) -> None:
-        """Refuse a model other than the one this vector was fitted on (name and weights)."""
-        if self.model:
-            mine = ModelIdentity.from_dict(self.model)
-            if not mine.same_model(lm.identity):
-                raise ArtifactMismatchError(
-                    f"steering vector was fitted on {mine.name!r} (weights {mine.weight_hash[:12]}), "
-                    f"not on {lm.name!r} (weights {lm.identity.weight_hash[:12]})")
+        """Refuse a model other than the one this vector was fitted on (by weight hash)."""
+        check_identity(self.model, lm, "steering vector")
         for layer, v in self.vectors.items():
             lm.check_layer(layer)
             if v.shape != (lm.d_model,):
                 raise ArtifactMismatchError(f"layer {layer} vector has shape {tuple(v.shape)}, model d_model is {lm.d_model}")
 
     def apply(self, lm: Any, strength: float = 1.0, positions: str | None = None) -> "SteeringHandle":
-        """Add ``strength * v`` at each layer's hook; a context manager, or call ``.remove()``."""
+        """Add ``strength * v`` at each layer's hook; a context manager, or call ``.remove()``.
+
+        Applying a vector that is already applied to ``lm`` is refused (it would silently double):
+        use one application with ``strength`` summed instead. Different vectors at the same hook add up.
+        """
         self.check(lm)
+        refuse_twice(lm, self, self.vector_id)
         positions = self.default_positions if positions is None else positions
-        return SteeringHandle(self, HookAddition(lm, {self.hook_name(l): v for l, v in self.vectors.items()},
-                                                 strength, positions))
+        add = HookAddition(lm, {self.hook_name(l): v for l, v in self.vectors.items()}, strength, positions)
+        return SteeringHandle(self, lm, add)
 
     def scaled(self, factor: float) -> "SteeringVector":
         return SteeringVector(self.method, {l: v * factor for l, v in self.vectors.items()}, self.behavior,
@@ -164,46 +174,38 @@ class SteeringVector:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        save_tensors(path / "vectors.safetensors", {f"layer{l}": v for l, v in self.vectors.items()})
-        write_json(path / "steering_vector.json", {
-            "format": FORMAT, "method": self.method, "behavior": self.behavior, "layers": self.layers,
+        """Write ``steering_vector.json`` + ``steering_vector.safetensors`` into ``path`` atomically."""
+        return save_artifact(path, KIND, {
+            "method": self.method, "behavior": self.behavior, "layers": self.layers,
             "hook_template": self.hook_template, "config": self.config, "model": self.model, "info": self.info,
-            "default_positions": self.default_positions})
-        return path
+            "default_positions": self.default_positions}, {f"layer{l}": v for l, v in self.vectors.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringVector":
-        path = Path(path)
-        meta_p, t_p = path / "steering_vector.json", path / "vectors.safetensors"
-        if not meta_p.exists() or not t_p.exists():
-            raise ArtifactMismatchError(f"{path} is not a saved steering vector (needs {meta_p.name} and {t_p.name})")
-        meta = read_json(meta_p)
-        if meta.get("format") != FORMAT:
-            raise ArtifactMismatchError(f"{meta_p} has format {meta.get('format')!r}, not {FORMAT!r}")
-        try:
-            t = load_tensors(t_p)
-        except Exception as exc:
-            raise ArtifactMismatchError(f"{t_p} is unreadable ({exc})") from None
+        meta, t = load_artifact(path, KIND)
+        require(meta, ("method", "behavior", "layers", "hook_template"), path)
         return cls(meta["method"], {int(l): t[f"layer{l}"] for l in meta["layers"]}, meta["behavior"],
-                   meta["hook_template"], meta["config"], meta["model"], meta.get("info", {}),
+                   meta["hook_template"], meta.get("config", {}), meta.get("model", {}), meta.get("info", {}),
                    meta.get("default_positions", "after_prompt"))
 
 
-class SteeringHandle:
-    """An applied steering vector; ``remove()`` (or leaving the ``with`` block) detaches its hooks."""
+def refuse_twice(lm: Any, artifact: Any, artifact_id: str) -> None:
+    """Raise if an artifact with ``artifact_id`` is already applied to ``lm`` as steering."""
+    for h in active_handles(lm, "steering"):
+        if getattr(h, "artifact_id", None) == artifact_id:
+            raise LensMemoryError(f"{artifact!r} is already applied to {lm.name} (strength {h.strength}); applying "
+                                  f"it again would silently double it -- remove it first, or apply it once with "
+                                  f"the summed strength")
 
-    def __init__(self, vector: Any, addition: Any):
-        self.vector, self._addition = vector, addition
-        self.active = True
 
-    def remove(self) -> None:
-        if self.active:
-            self._addition.remove()
-            self.active = False
+class SteeringHandle(Handle):
+    """An applied steering vector or LM-Steer map; ``remove()`` (or leaving ``with``) detaches its hooks."""
 
-    def __enter__(self) -> "SteeringHandle":
-        return self
+    kind = "steering"
 
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+    def __init__(self, vector: Any, lm: Any, addition: Any, artifact_id: str | None = None):
+        super().__init__(vector, lm, addition.remove)
+        self.vector = vector
+        self.strength = getattr(addition, "strength", None)
+        self.artifact_id = artifact_id if artifact_id is not None else getattr(vector, "vector_id", None)
+        self._activate()

@@ -343,8 +343,8 @@ def test_save_load_round_trip(tiny, eiffel_edit, tmp_path):
     with eiffel_edit.apply(tiny):
         p_orig = tiny.next_token_probs(EIFFEL.prompt)
     assert torch.equal(p_loaded, p_orig)
-    raw = (tmp_path / "e" / "deltas.safetensors").read_bytes()
-    (tmp_path / "e" / "deltas.safetensors").write_bytes(raw[:-8] + b"\x00" * 8)
+    raw = (tmp_path / "e" / "edit.safetensors").read_bytes()
+    (tmp_path / "e" / "edit.safetensors").write_bytes(raw[:-8] + b"\x00" * 8)
     with pytest.raises(ArtifactMismatchError):
         Edit.load(tmp_path / "e")
     with pytest.raises(ArtifactMismatchError, match="not a saved edit"):

@@ -3,8 +3,10 @@
 import json
 import re
 import math
+import sqlite3
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,41 +109,158 @@ def test_persistence_survives_restart(tmp_path):
     assert not list(path.parent.glob("*.part"))
 
 
-def test_failed_write_leaves_store_unchanged(tmp_path, monkeypatch):
+def test_failed_write_leaves_store_unchanged(tmp_path):
     s = toy_store(tmp_path / "s.json")
-    raw = (tmp_path / "s.json").read_bytes()
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("lens_memory.rag.store.write_json", boom)
-    with pytest.raises(OSError):
+    # make the history INSERT of the next mutation fail inside its transaction, after the DELETE ran
+    with sqlite3.connect(s.path) as raw:
+        raw.execute("CREATE TRIGGER boom BEFORE INSERT ON history BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    raw.close()
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
         s.delete("d1")
-    assert s.ids() == ["d1", "d2", "d3"] and len(s.history()) == 3
-    assert (tmp_path / "s.json").read_bytes() == raw
+    for handle in (s, DocumentStore(tmp_path / "s.json")):
+        assert handle.ids() == ["d1", "d2", "d3"] and len(handle.history()) == 3 and handle.version == 3
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b"[1, 2]",
                                      b'{"format": "lens_memory.rag.DocumentStore", "version": 1}'])
-def test_corrupt_file_raises_and_is_not_overwritten(tmp_path, content):
-    path = tmp_path / "store.json"
+def test_corrupt_json_store_raises_and_is_not_overwritten(tmp_path, content):
+    path = tmp_path / "store.json"  # a JSON store of earlier versions, imported when first opened
     path.write_bytes(content)
     with pytest.raises(StoreFormatError, match=re.escape(str(path))):
         DocumentStore(path)
     assert path.read_bytes() == content
-    assert [p.name for p in tmp_path.iterdir()] == ["store.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["store.json"]  # no SQLite file was created
+
+
+def _foreign_sqlite(path):
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE notes (x TEXT)")
+        c.execute("INSERT INTO notes VALUES ('hello')")
+    c.close()
+
+
+@pytest.mark.parametrize("make", [lambda p: p.write_bytes(b"this is not a database, just text\n" * 50),
+                                  lambda p: p.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20),
+                                  _foreign_sqlite])
+def test_corrupt_sqlite_file_raises_and_is_untouched(tmp_path, make):
+    path = tmp_path / "store.sqlite"
+    make(path)
+    raw = path.read_bytes()
+    for given in (path, tmp_path):  # the file itself, or its directory
+        with pytest.raises(StoreFormatError, match=re.escape(str(path))):
+            DocumentStore(given)
+        assert path.read_bytes() == raw
+    assert [p.name for p in tmp_path.iterdir()] == ["store.sqlite"]
 
 
 def test_unknown_format_version_refused(tmp_path):
-    path = tmp_path / "store.json"
-    toy_store(path)
-    data = json.loads(path.read_text())
-    data["version"] = 99
-    path.write_text(json.dumps(data))
-    raw = path.read_bytes()
+    legacy = tmp_path / "old.json"
+    legacy.write_text(json.dumps({"format": "lens_memory.rag.DocumentStore", "version": 99}))
     with pytest.raises(StoreFormatError, match="99"):
+        DocumentStore(legacy)
+    assert not (tmp_path / "old.sqlite").exists()
+    path = tmp_path / "store.sqlite"
+    toy_store(path).close()
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE meta SET value = 99 WHERE key = 'format_version'")
+    c.close()
+    raw = path.read_bytes()
+    with pytest.raises(StoreFormatError, match=f"{re.escape(str(path))}.*99"):
         DocumentStore(path)
     assert path.read_bytes() == raw
+
+
+def test_old_json_store_is_imported_read_only(tmp_path):
+    docs = [{"id": "d1", "text": "The cat sat", "metadata": {"k": 1}, "version": 2, "created": "t0", "updated": "t1"},
+            {"id": "doc-4", "text": "auto", "metadata": {}, "version": 1, "created": "t2", "updated": "t2"}]
+    hist = [{"op": "ADD", "id": "d1", "time": "t0", "version": 1}, {"op": "UPDATE", "id": "d1", "time": "t1", "version": 2},
+            {"op": "ADD", "id": "doc-4", "time": "t2", "version": 1}]
+    legacy = tmp_path / "facts.json"
+    legacy.write_text(json.dumps({"format": "lens_memory.rag.DocumentStore", "version": 1, "store_version": 3,
+                                  "next_auto_id": 5, "documents": docs, "history": hist}))
+    raw = legacy.read_bytes()
+    s = DocumentStore(legacy)
+    assert s.path == tmp_path / "facts.sqlite" and s.version == 3 and s.history() == hist
+    assert s.get("d1") == Document("d1", "The cat sat", {"k": 1}, 2, "t0", "t1") and s.ids() == ["d1", "doc-4"]
+    assert s.add("new") == "doc-5"  # the automatic-id counter came along
+    assert legacy.read_bytes() == raw  # only read, never written
+    assert DocumentStore(legacy).ids() == ["d1", "doc-4", "doc-5"]  # imported once; the SQLite file wins
+
+
+def test_two_handles_in_one_process_lose_nothing(tmp_path):
+    a, b = DocumentStore(tmp_path / "store.json"), DocumentStore(tmp_path)  # the same file, two handles
+    assert a.path == b.path == tmp_path / "store.sqlite"
+    for i in range(25):
+        a.add(f"from a {i}")
+        b.add(f"from b {i}", metadata={"i": i})
+    for h in (a, b):
+        assert len(h) == 50 and h.version == 50 and len(h.history()) == 50
+        assert sorted(h.ids()) == sorted(f"doc-{i}" for i in range(50))  # automatic ids never collide
+        assert sorted(h.texts()) == sorted([f"from a {i}" for i in range(25)] + [f"from b {i}" for i in range(25)])
+    bm25 = BM25Retriever(a)  # follows changes made through the other handle, without reopening
+    assert bm25.search("zebras savanna", k=1)[0].score == 0.0
+    b.update("doc-7", text="Zebras graze on the savanna")
+    hit = bm25.search("zebras savanna", k=1)[0]
+    assert (hit.doc_id, hit.rank, hit.text) == ("doc-7", 1, "Zebras graze on the savanna") and hit.score > 0
+    b.delete("doc-7")
+    assert "doc-7" not in a and "doc-7" not in bm25.scores("zebras savanna")
+    with pytest.raises(DocumentNotFoundError, match="doc-7"):
+        a.get("doc-7")
+
+
+_WRITER = """
+import sys, time, pathlib
+from lens_memory.rag import DocumentStore
+path, tag, n = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+store = DocumentStore(path)
+(path.parent / f"ready-{tag}").touch()
+while not (path.parent / "go").exists():
+    time.sleep(0.005)
+for i in range(n):
+    store.add(f"document {i} from process {tag}", metadata={"process": tag, "i": i})
+"""
+
+
+def test_two_processes_adding_concurrently_lose_nothing(tmp_path):
+    """2 x 40 adds from two processes at once. The JSON store of earlier versions kept 40 of them."""
+    path, n = tmp_path / "store.json", 40
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), tag, str(n)]) for tag in "AB"]
+    try:
+        deadline = time.monotonic() + 300
+        while not all((tmp_path / f"ready-{t}").exists() for t in "AB"):  # both opened before either adds
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "writers did not start"
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    s = DocumentStore(path)
+    expected = {f"document {i} from process {t}" for t in "AB" for i in range(n)}
+    assert len(s) == 2 * n and set(s.texts()) == expected and s.version == 2 * n
+    assert len(set(s.ids())) == 2 * n and [h["op"] for h in s.history()] == ["ADD"] * (2 * n)
+
+
+def test_version_counts_committed_mutations_across_handles(tmp_path):
+    a = DocumentStore(tmp_path / "v.sqlite")
+    assert a.version == 0 and a.history() == [] and a.path == tmp_path / "v.sqlite"
+    a.add_many(["one", "two"], ["x", "y"])  # one transaction: one version step, two events
+    b = DocumentStore(tmp_path / "v.sqlite")
+    assert a.version == b.version == 1 and [h["op"] for h in b.history()] == ["ADD", "ADD"]
+    b.update("x", text="uno")
+    assert a.version == 2 and a.get("x").version == 2 and a.get("x").text == "uno"
+    with pytest.raises(LensMemoryError):
+        a.add("dup", doc_id="y")  # refused: nothing changes
+    assert b.version == 2 and len(b.history()) == 3
+    a.delete("y")
+    b.add("again", doc_id="y")  # an explicit id may come back; its history keeps both lives
+    assert [(h["op"], h["version"]) for h in a.history("y")] == [("ADD", 1), ("DELETE", 1), ("ADD", 1)]
+    assert a.version == b.version == 4 and a.ids() == ["x", "y"]
+    v, docs = b.snapshot()
+    assert v == 4 and [d.id for d in docs] == ["x", "y"] and [d.id for d in b] == ["x", "y"]
+    with DocumentStore(tmp_path / "v.sqlite") as c:
+        assert c.history() == a.history() and repr(c).endswith("2 documents, version 4)")
 
 
 # --------------------------------------------------------------------------- BM25
@@ -166,6 +285,62 @@ def test_bm25_equals_hand_computed_value():
     hits = r.search("The cat sat?", k=3)
     assert [h.doc_id for h in hits] == ["d1", "d2", "d3"] and [h.rank for h in hits] == [1, 2, 3]
     assert hits[0] == Hit("d1", pytest.approx(expected["d1"]), 1, "The cat sat")
+
+
+BM25_CORPUS = {
+    "eiffel": "The Eiffel Tower is located in Paris, the capital of France.",
+    "louvre": "The Louvre in Paris is the most visited museum in the world; the museum holds the Mona Lisa.",
+    "colosseum": "The Colosseum is an ancient amphitheatre in Rome.",
+    "fuji": "Mount Fuji is the highest mountain in Japan",
+    "seine": "The Seine flows through Paris and Rouen before it reaches the English Channel at Le Havre.",
+    "olympics": "Paris hosted Olympic Games in 1900, 1924 and 2024.",
+}
+
+
+def bm25_by_formula(docs, query, k1, b):
+    """Okapi BM25 written out from the published formula, IDF ln((N - df + 0.5) / (df + 0.5) + 1)."""
+    toks = {i: tokenize(t) for i, t in docs.items()}
+    n, avgdl = len(toks), sum(len(t) for t in toks.values()) / len(toks)
+    out = {}
+    for i, d in toks.items():
+        score = 0.0
+        for q in tokenize(query):  # a repeated query token counts again
+            f, df = d.count(q), sum(q in other for other in toks.values())
+            if f:
+                idf = math.log((n - df + 0.5) / (df + 0.5) + 1.0)
+                score += idf * f * (k1 + 1.0) / (f + k1 * (1.0 - b + b * len(d) / avgdl))
+        out[i] = score
+    return out
+
+
+@pytest.mark.parametrize("k1, b", [(1.5, 0.75), (0.9, 0.4), (2.0, 1.0)])
+def test_bm25_library_scores_equal_the_formula(k1, b):
+    import bm25s
+
+    s = DocumentStore()
+    s.add_many(list(BM25_CORPUS.values()), list(BM25_CORPUS))
+    r = BM25Retriever(s, k1=k1, b=b)
+    queries = ["Where is the Eiffel Tower?", "museum in Paris", "the the the", "Paris Paris Rome",
+               "highest mountain", "quantum chromodynamics", "Olympic Games 2024 in Paris, France"]
+    for q in queries:
+        expected = bm25_by_formula(BM25_CORPUS, q, k1, b)
+        got = r.scores(q)
+        assert got.keys() == expected.keys()
+        for i in expected:
+            assert abs(got[i] - expected[i]) <= 1e-9, (q, i, got[i], expected[i])
+        order = sorted(expected, key=lambda i: (-expected[i], list(BM25_CORPUS).index(i)))  # ties: store order
+        assert [h.doc_id for h in r.search(q, k=len(BM25_CORPUS))] == order
+    assert isinstance(r._index, bm25s.BM25)  # scored by the library, not by hand
+    assert r.idf("the") == pytest.approx(math.log((6 - 5 + 0.5) / (5 + 0.5) + 1))  # "the" in 5 of 6: still > 0
+
+
+def test_bm25_store_without_any_token():
+    s = DocumentStore()
+    s.add_many(["!!!", "?"], ["a", "b"])
+    r = BM25Retriever(s)
+    assert r.scores("anything") == {"a": 0.0, "b": 0.0} and [h.doc_id for h in r.search("x", k=2)] == ["a", "b"]
+    s.add("x marks the spot", doc_id="c")
+    assert r.search("x", k=1)[0].doc_id == "c"
 
 
 def test_bm25_ranks_relevant_doc_first_and_k_bounds():

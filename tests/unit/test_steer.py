@@ -115,7 +115,7 @@ def test_steering_vector_save_load_and_mismatch(tiny, tmp_path):
     back = SteeringVector.load(tmp_path / "v")
     assert torch.equal(back.vectors[2], vec.vectors[2]) and back.config == vec.config
     other = SteeringVector("caa", {2: vec.vectors[2]}, "toy", model={**vec.model, "weight_hash": "0" * 64})
-    with pytest.raises(ArtifactMismatchError, match="fitted on"):
+    with pytest.raises(ArtifactMismatchError, match="computed on"):
         other.apply(tiny)
     wrong = SteeringVector("caa", {2: torch.zeros(tiny.d_model + 1)}, "toy")
     with pytest.raises(ArtifactMismatchError, match="d_model"):
