@@ -26,6 +26,7 @@ __all__ = [
     "pid_alive",
     "readable_mode",
     "sweep_orphans",
+    "swap_dir",
     "write_json",
     "write_bytes",
     "read_json",
@@ -69,14 +70,32 @@ def readable_mode(path: Path, *, directory: bool = False) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process with ``pid`` exists on this machine."""
+    """True if a process with ``pid`` exists on this machine (``os.kill(pid, 0)``).
+
+    On Windows ``os.kill`` would terminate the process, so every pid counts as alive there.
+    """
+    if os.name == "nt":  # pragma: no cover
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except PermissionError:  # exists, owned by another user
         return True
+    except OSError:  # e.g. an out-of-range pid
+        return False
     return True
+
+
+def swap_dir(new: Path, path: Path, old: Path) -> None:
+    """Put directory ``new`` at ``path``: the previous ``path`` is renamed to ``old`` first and deleted last.
+
+    A kill between the two renames leaves the previous directory at ``old`` (never lost).
+    """
+    if path.exists():
+        path.rename(old)
+    new.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def sweep_orphans(parent: Path, prefix: str) -> int:

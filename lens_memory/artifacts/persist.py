@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import ArtifactMismatchError
-from ..io import load_tensors, readable_mode, save_tensors, sha256_file, sweep_orphans, to_jsonable
+from ..cache import make_manifest, verify_manifest
+from ..io import load_tensors, pid_alive, readable_mode, save_tensors, swap_dir, sweep_orphans, to_jsonable
 
 __all__ = ["save_artifact", "load_artifact", "read_manifest", "is_artifact", "atomic_dir", "artifact_format"]
 
@@ -51,12 +52,9 @@ def _recover(path: Path) -> None:
         return
     for old in sorted(path.parent.glob(f".{path.name}.*.old")):
         pid = old.name[len(path.name) + 2:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid():
-            from ..io import pid_alive
-
-            if not pid_alive(int(pid)):
-                old.rename(path)
-                return
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            old.rename(path)
+            return
 
 
 def _replaceable(path: Path, kind: str) -> str | None:
@@ -78,7 +76,7 @@ def _replaceable(path: Path, kind: str) -> str | None:
     fmt = str(meta.get("format", ""))
     if not fmt.startswith(f"lens_memory.{kind}/"):
         return f"{meta_p.name} has format {fmt!r}, not a lens_memory {kind}"
-    listed = set(meta.get(MANIFEST, {}).get("files", {})) | {meta_p.name}
+    listed = {name.split("/")[0] for name in meta.get(MANIFEST, {}).get("files", {})} | {meta_p.name}
     foreign = sorted(names - listed)
     if foreign:
         return f"it holds files the {kind} did not write ({', '.join(foreign[:5])})"
@@ -106,11 +104,7 @@ def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
     readable_mode(tmp, directory=True)
     try:
         yield tmp
-        old = path.parent / f".{path.name}.{tag}.old"
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, path, path.parent / f".{path.name}.{tag}.old")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -119,9 +113,7 @@ def atomic_dir(path: str | Path, kind: str) -> Iterator[Path]:
 def _manifest(d: Path, kind: str) -> dict[str, Any]:
     from .. import __version__
 
-    files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-             for p in sorted(d.iterdir()) if p.is_file() and p.name != _json_name(kind)}
-    return {"kind": kind, "files": files, "lens_memory": __version__}
+    return {"kind": kind, "files": make_manifest(d, exclude=(_json_name(kind),)), "lens_memory": __version__}
 
 
 def save_artifact(path: str | Path, kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,
@@ -172,7 +164,7 @@ def load_artifact(path: str | Path, kind: str, *, version: int = 1,
         p = path / name
         if not p.is_file():
             raise ArtifactMismatchError(f"{path} is incomplete: {name} is missing")
-        if p.stat().st_size != rec["size"] or sha256_file(p) != rec["sha256"]:
+        if not verify_manifest(path, {name: rec}):
             raise ArtifactMismatchError(f"{p} does not match the manifest's hash (file corrupt or altered)")
     tensors: dict[str, torch.Tensor] = {}
     t_p = path / f"{kind}.safetensors"

@@ -1,6 +1,8 @@
 """``lens-memory report``: every memory mechanism on the same facts, in one HTML (and Markdown) report.
 
-Stages (each cached and resumable, see :mod:`lens_memory.report.stages`):
+Stages (each cached and resumable, see :mod:`lens_memory.report.stages`; keyed by
+:func:`stage_key_config`: the stage's settings plus the SHA-256 of the facts and the model's
+weight and tokenizer hashes):
 
 1. ``facts`` -- counterfactual facts the model knows (spread over relations);
 2. ``trace`` -- causal tracing of a few of them (Meng et al. 2022); the MLP peak picks the edit layers;
@@ -28,7 +30,8 @@ from ..errors import LensMemoryError
 from ..io import read_json, write_json
 from .stages import StageRunner
 
-__all__ = ["ReportConfig", "run_report", "STAGES"]
+__all__ = ["ReportConfig", "run_report", "STAGES", "stage_key_config", "report_inputs", "facts_sha256",
+           "tokenizer_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,58 @@ class ReportConfig:
         return {**common, **{k: c[k] for k in own}}
 
 
+# -- cache keys: contents, not names --------------------------------------------------------------
+
+def facts_sha256(source: str | Path) -> str:
+    """SHA-256 of the facts a report reads: the file's bytes for a local file (or ``"heldout"``, the
+    shipped file), else of the loaded records serialized (``"builtin"``, which is generated, or a URL)."""
+    from importlib.resources import files
+
+    from ..cache import content_key
+    from ..io import sha256_file
+    from ..facts import load_facts
+
+    s = str(source)
+    if s == "heldout":
+        return sha256_file(str(files("lens_memory").joinpath("data/counterfact_heldout.json")))
+    local = Path(s).expanduser()
+    if s != "builtin" and not s.startswith(("http://", "https://")) and local.is_file():
+        return sha256_file(local)
+    return content_key([f.to_dict() for f in load_facts(source)], length=64)
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """SHA-256 of what makes a tokenizer tokenize: its class, its full serialization (fast tokenizers;
+    else the vocabulary) and its special tokens."""
+    from ..cache import content_key
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    special = getattr(tokenizer, "special_tokens_map", {})
+    return content_key(type(tokenizer).__name__, body, special, length=64)
+
+
+def report_inputs(cfg: ReportConfig, lm: Any) -> dict[str, Any]:
+    """The contents every stage key includes: the facts' SHA-256 and the loaded model's weight and
+    tokenizer hashes (:attr:`~lens_memory.models.ModelIdentity.weight_hash`)."""
+    return {"facts_sha256": facts_sha256(cfg.facts),
+            "model": {"weight_hash": lm.identity.weight_hash, "tokenizer_sha256": tokenizer_sha256(lm.tokenizer),
+                      "prepend_bos": lm.identity.prepend_bos}}
+
+
+def stage_key_config(cfg: ReportConfig, stage: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What stage ``stage`` is cached under: :meth:`ReportConfig.stage_config` plus the input contents
+    (:func:`report_inputs`; the steering stages, which do not read the facts, get the model's only)."""
+    own = {"model": inputs["model"]} if stage.startswith("steer_") else inputs
+    return {**cfg.stage_config(stage), "inputs": own}
+
+
 class _Model:
-    """Loads the model on first use only (a fully cached report never loads it)."""
+    """Loads the model on first use only, once.
+
+    :func:`run_report` loads it up front even for a fully cached report: the stage keys include its
+    weight and tokenizer hashes, so a model directory changed in place is not mistaken for the old one.
+    """
 
     def __init__(self, name: str, device: str = "cpu", dtype: str = "float32"):
         self.name, self.device, self.dtype, self._lm = name, device, dtype, None
@@ -315,14 +368,15 @@ def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bo
     runner = StageRunner(out / "stages", force=force)
     model = _Model(cfg.model, cfg.device, cfg.dtype)
     t0 = time.time()
+    inputs = report_inputs(cfg, model())  # loads the model: its hashes are part of every stage key
     bar = tqdm(list(stages), desc="report stages", unit="stage", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
-        runner.run(name, cfg.stage_config(name),
+        runner.run(name, stage_key_config(cfg, name, inputs),
                    lambda d, name=name: _STAGE_FNS[name](model, cfg, runner, d))
     for name in STAGES:  # stages not asked for this time: use their finished results if they match
         if name not in runner.records:
-            rec = runner.done(name, cfg.stage_config(name))
+            rec = runner.done(name, stage_key_config(cfg, name, inputs))
             if rec is not None:
                 runner.records[name] = rec
     missing = [n for n in REQUIRED if n not in runner.records]

@@ -1,49 +1,57 @@
 """Cached, resumable stages for long jobs (the report runs a dozen of them).
 
 A stage is a named function that writes its outputs into a directory and returns a JSON-able
-summary. :class:`StageRunner` runs it into ``ROOT/NAME.partial-<pid>``, writes ``stage.json``
-(name, config key, summary, seconds) last, and only then renames the directory to
-``ROOT/NAME``. So:
+summary. :class:`StageRunner` keeps each stage as a cache entry of :mod:`lens_memory.cache`:
 
-* a finished stage is reused when its config key matches (the run is resumable: an interrupted
-  job continues at the first unfinished stage);
-* a half-written stage is never reused -- it has no ``stage.json`` or is still ``.partial``, and
-  is deleted before the stage runs again;
-* a stage whose config changed is rerun (the old directory is replaced only once the new one is
-  complete).
+* **Key.** ``stage.json`` records :func:`config_key` of the config the caller passes. Callers put
+  *contents* in it -- the report passes the fact file's SHA-256 and the model's weight and
+  tokenizer hashes (:func:`lens_memory.report.pipeline.stage_key_config`), not just a path and
+  a name -- so a fact file or model directory edited in place reruns the stages that read it.
+* **Manifest.** ``stage.json`` also lists every file the stage wrote with its size and SHA-256
+  (size only for files of 50 MiB or more, :data:`lens_memory.cache.HASH_LIMIT`). A stage is
+  reused only if the key matches *and* every listed file is there unchanged: a stage directory
+  whose outputs were deleted or altered is rerun, never trusted because ``stage.json`` exists.
+* **Atomicity.** The stage runs into ``ROOT/NAME.partial-<pid>``; ``stage.json`` is written last
+  and the directory is then renamed onto ``ROOT/NAME`` (an older finished version is replaced
+  only at that moment). An interrupted job resumes at the first unfinished stage; a failed
+  stage's partial directory is removed and the finished one left untouched.
+* **Concurrency.** While checking and running stage ``NAME`` the runner holds an exclusive
+  ``flock`` on ``ROOT/NAME.lock``. A second run into the same directory waits for the first
+  to finish that stage and then reuses it (same key) or reruns it (different key). Leftover
+  ``NAME.partial-<pid>`` / ``NAME.old-<pid>`` directories are swept only under that lock and
+  only if their pid is dead (or is this process): another live run's directory is never deleted.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..cache import content_key, file_lock, publish_dir, read_entry, sweep_partials
 from ..errors import LensMemoryError
-from ..io import read_json, to_jsonable, write_json
+from ..io import to_jsonable
 
 __all__ = ["StageRunner", "StageRecord", "config_key"]
 
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-FORMAT = "lens_memory.stage/1"
+#: /2: ``stage.json`` carries the output manifest (``files``); /1 entries are rerun once
+FORMAT = "lens_memory.stage/2"
 
 
 def config_key(config: Any) -> str:
-    """A stable hash of a JSON-able config (dict keys sorted)."""
-    blob = json.dumps(to_jsonable(config), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """A stable hash of a JSON-able config (dict keys sorted); see :func:`lens_memory.cache.content_key`."""
+    return content_key(config)
 
 
 @dataclass
 class StageRecord:
+    """One finished stage: its summary, how long it ran, and whether this run reused it."""
+
     name: str
     key: str
     summary: dict[str, Any]
@@ -53,63 +61,66 @@ class StageRecord:
 
 
 class StageRunner:
-    """Runs stages under ``root``; finished ones with the same config key are loaded, not rerun."""
+    """Runs stages under ``root``; finished ones with the same key and intact outputs are loaded, not rerun.
 
-    def __init__(self, root: str | Path, *, force: bool = False):
+    Args:
+        root: the directory of the stage directories (created).
+        force: rerun every stage asked for, even when a valid finished one exists.
+        lock_timeout: seconds to wait for another process running the same stage (``None``:
+            as long as it takes), then :class:`~lens_memory.cache.CacheLockTimeout`.
+    """
+
+    def __init__(self, root: str | Path, *, force: bool = False, lock_timeout: float | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.force = force
+        self.lock_timeout = lock_timeout
         self.records: dict[str, StageRecord] = {}
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def lock(self, name: str):
+        """Context manager holding stage ``name``'s lock (``ROOT/NAME.lock``)."""
+        return file_lock(self.root / f"{name}.lock", timeout=self.lock_timeout)
+
     def done(self, name: str, config: Any) -> StageRecord | None:
-        """The finished record of ``name`` if it exists with the same config key, else ``None``."""
-        p = self.path(name) / STAGE_FILE
-        if not p.exists():
-            return None
-        try:
-            meta = read_json(p)
-        except Exception:  # unreadable: treat as unfinished
-            return None
-        if meta.get("format") != FORMAT or meta.get("key") != config_key(config):
+        """The finished record of ``name`` if it has this config's key and its outputs verify, else ``None``."""
+        meta = read_entry(self.path(name), config_key(config), meta=STAGE_FILE)
+        if meta is None or meta.get("format") != FORMAT:
             return None
         return StageRecord(name, meta["key"], meta["summary"], meta["seconds"], True, self.path(name))
 
     def run(self, name: str, config: Any, fn: Callable[[Path], dict[str, Any]]) -> StageRecord:
-        """Run ``fn(tmp_dir) -> summary`` unless ``name`` is already done with this ``config``."""
+        """Run ``fn(tmp_dir) -> summary`` unless ``name`` is already done with this ``config``.
+
+        Holds the stage's lock throughout, so concurrent runs into the same root serialize per stage.
+        """
         if "/" in name or name.startswith(".") or not name:
             raise LensMemoryError(f"invalid stage name {name!r}")
-        if not self.force:
-            rec = self.done(name, config)
+        with self.lock(name):
+            rec = None if self.force else self.done(name, config)
             if rec is not None:
                 log.info("stage %s: reused (%.1f s when it ran)", name, rec.seconds)
-                self.records[name] = rec
-                return rec
-        for stale in self.root.glob(f"{name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = self.root / f"{name}.partial-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        log.info("stage %s: running", name)
-        t0 = time.time()
-        summary = fn(tmp)
-        seconds = time.time() - t0
-        key = config_key(config)
-        write_json(tmp / STAGE_FILE, {"format": FORMAT, "name": name, "key": key, "config": to_jsonable(config),
-                                      "summary": summary, "seconds": seconds})
-        final = self.path(name)
-        if final.exists():
-            old = self.root / f"{name}.old-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-        rec = StageRecord(name, key, read_json(final / STAGE_FILE)["summary"], seconds, False, final)
+            else:
+                rec = self._run_locked(name, config, fn)
         self.records[name] = rec
-        log.info("stage %s: done in %.1f s", name, seconds)
         return rec
+
+    def _run_locked(self, name: str, config: Any, fn: Callable[[Path], dict[str, Any]]) -> StageRecord:
+        sweep_partials(self.path(name))
+        key = config_key(config)
+        log.info("stage %s: running", name)
+
+        def fill(tmp: Path) -> dict[str, Any]:
+            t0 = time.time()
+            summary = fn(tmp)
+            return {"format": FORMAT, "name": name, "key": key, "config": to_jsonable(config),
+                    "summary": to_jsonable(summary), "seconds": time.time() - t0}
+
+        meta = publish_dir(self.path(name), fill, meta=STAGE_FILE)
+        log.info("stage %s: done in %.1f s", name, meta["seconds"])
+        return StageRecord(name, key, meta["summary"], meta["seconds"], False, self.path(name))
 
     def seconds(self) -> dict[str, float]:
         return {n: round(r.seconds, 1) for n, r in self.records.items()}
