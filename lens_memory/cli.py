@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "layers scaled to the model's depth, round(10/48 x n_layers) (4 on an 18-layer model)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    t.add_argument("--metric", default="prob", choices=["prob", "logprob", "logit"],
+                   help="what a run scores: the answer's probability (ROME; default), log-probability or logit")
     t.add_argument("--heatmaps", type=int, default=8, help="per-fact heatmap figures to write")
 
     e = sub.add_parser("edit", help="ROME / MEMIT fact editing with CounterFact-style evaluation")
@@ -176,7 +178,8 @@ def _cmd_trace(args) -> dict:
     facts = load_facts(args.facts, args.limit)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     t0 = time.time()
-    result = trace_facts(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts))
+    result = trace_facts(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts),
+                         metric=args.metric)
     result.save(args.out / "trace")
     result.to_dataframe().to_csv(args.out / "trace_scores.csv", index=False)
     figs = args.out / "figures"

@@ -139,14 +139,14 @@ def check_rome(lm: Any, layer: int = 1) -> dict[str, Any]:
 def check_memit(lm: Any, layer: int = 1) -> dict[str, Any]:
     from .edit import MemitConfig, memit
     from .edit.weights import post_norm
-    from .hooks import capture
+    from .hooks import capture, hook_name
 
     fact = _fact()
     cfg = MemitConfig(layers=(layer,), mom2_update_weight=1e-6, context_lengths=(), v_steps=6)
     edit = memit(lm, [fact], cfg, stats=_stats(lm, [layer]))
     ids = lm.encode(fact.prompt)[None].to(lm.device)
     idx = (torch.tensor([0]), torch.tensor([lm.fact_subject_range(fact)[1] - 1]))
-    hook = f"blocks.{layer}.hook_resid_post"
+    hook = hook_name(layer, "resid_post")
     before_w = _weights(lm)
     z0 = capture(lm, ids, [hook], index=idx)[hook][0].double()
     with edit.apply(lm):

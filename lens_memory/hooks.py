@@ -1,4 +1,10 @@
-"""Small helpers over TransformerLens hook points.
+"""Small helpers over TransformerLens hook points, and the one builder of hook names.
+
+:func:`hook_name` is the only place that spells a hook name: ``hook_name(6, "resid_post")`` is
+``"blocks.6.hook_resid_post"``. The sites (:data:`SITES`) are TransformerLens' names on the
+TransformerBridge: the residual stream before/after a block, the attention and MLP outputs, the
+attention pattern, and the input (ROME's key ``k``) and output (value ``v``) of an MLP's output
+projection.
 
 :func:`capture` records activations by TL hook name and stops the forward pass as soon as
 every requested activation has been seen -- a forward pass "to the layer", with no later
@@ -12,7 +18,32 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["capture", "check_hook_names"]
+__all__ = ["capture", "check_hook_names", "hook_name", "hook_template", "SITES"]
+
+#: site -> the hook's name inside block ``L`` (``blocks.L.<site name>``)
+SITES: dict[str, str] = {
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "pattern": "attn.hook_pattern",
+    "mlp_key": "mlp.out.hook_in",     # input of the MLP output projection: ROME's key k
+    "mlp_value": "mlp.out.hook_out",  # output of the MLP output projection: ROME's value v
+}
+
+
+def hook_name(layer: int, site: str = "resid_post") -> str:
+    """The TransformerLens hook name of ``site`` in block ``layer``, e.g. ``"blocks.6.hook_resid_post"``."""
+    if site not in SITES:
+        raise ValueError(f"unknown hook site {site!r}; known: {sorted(SITES)}")
+    return f"blocks.{int(layer)}.{SITES[site]}"
+
+
+def hook_template(site: str = "resid_post") -> str:
+    """``hook_name`` with a ``{layer}`` placeholder (for artifacts that act at several layers)."""
+    if site not in SITES:
+        raise ValueError(f"unknown hook site {site!r}; known: {sorted(SITES)}")
+    return "blocks.{layer}." + SITES[site]
 
 
 class _Done(Exception):

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..hooks import hook_name
 from ..errors import LensMemoryError
 from ..facts import Fact
 from .artifact import Edit, WeightPatch
@@ -134,7 +135,7 @@ def memit_targets(lm: Any, facts: Sequence[Fact], cfg: MemitConfig, contexts: Se
     """Optimise the target residuals ``z`` (batched, ``cfg.batch_facts`` facts at a time) at ``cfg.layers[-1]``."""
     contexts = list(contexts) if contexts is not None else context_templates(lm, cfg.context_lengths, cfg.seed)
     z_layer = max(cfg.layers) if cfg.layers else default_layers(lm)[-1]
-    z_hook = f"blocks.{z_layer}.hook_resid_post"
+    z_hook = hook_name(z_layer, "resid_post")
     zs, probs, losses, steps = [], [], [], []
     for ch in tqdm(_chunks(len(facts), cfg.batch_facts), desc="MEMIT targets", leave=False):
         sub = [facts[i] for i in ch]
@@ -185,7 +186,7 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
     contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
     groups = context_groups(cfg.context_lengths)
     z_layer = Ls[-1]
-    z_hook = f"blocks.{z_layer}.hook_resid_post"
+    z_hook = hook_name(z_layer, "resid_post")
     chunks = _chunks(len(facts), cfg.batch_facts)
 
     # 1. target hidden states z per fact (reused when given: they depend on z_layer, not on λ or lower layers)

@@ -24,18 +24,20 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..hooks import hook_name
+
 __all__ = ["key_hook", "value_hook", "out_proj", "proj_weight", "to_stored", "linear_weight", "post_norm",
            "residual_to_value", "tensor_sha256"]
 
 
 def key_hook(layer: int) -> str:
     """TL hook name of the MLP key (input of the output projection) at ``layer``."""
-    return f"blocks.{layer}.mlp.out.hook_in"
+    return hook_name(layer, "mlp_key")
 
 
 def value_hook(layer: int) -> str:
     """TL hook name of the MLP value (output of the output projection, before any post-norm)."""
-    return f"blocks.{layer}.mlp.out.hook_out"
+    return hook_name(layer, "mlp_value")
 
 
 def out_proj(lm: Any, layer: int) -> torch.nn.Module:

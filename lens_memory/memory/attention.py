@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..hooks import hook_name, hook_template
 from ..artifacts import load_artifact, require, save_artifact
 from ..errors import LensMemoryError
 
@@ -63,7 +64,7 @@ def _grab(x: torch.Tensor, hook: Any, store: dict, layer: int) -> None:
 @torch.no_grad()
 def _patterns(lm: Any, ids: torch.Tensor) -> dict[int, torch.Tensor]:
     store: dict[int, torch.Tensor] = {}
-    hooks = [(f"blocks.{l}.attn.hook_pattern", functools.partial(_grab, store=store, layer=l)) for l in range(lm.n_layers)]
+    hooks = [(hook_name(l, "pattern"), functools.partial(_grab, store=store, layer=l)) for l in range(lm.n_layers)]
     st = lm.stack
     with lm.bridge.hooks(fwd_hooks=hooks):
         st.run(st.embed(ids[None].to(lm.device)))
@@ -247,6 +248,6 @@ def compare_attention(lm: Any, queries: Sequence[str], references: Sequence[str]
                 tokens[p.condition] = p.reference_tokens
     values = {m: sums[m] / len(queries) for m in METRICS}
     prov = {"model": lm.identity.to_dict(), "n_queries": len(queries), "conditions": conditions,
-            "queries": list(queries)[:20], "hook": "blocks.{layer}.attn.hook_pattern",
+            "queries": list(queries)[:20], "hook": hook_template("pattern"),
             "memory_configs": {n: b[0].config.to_dict() for n, b in memories.items()}}
     return AttentionComparison(conditions, values, tokens, prov)

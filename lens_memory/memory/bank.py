@@ -67,6 +67,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 
+from ..hooks import hook_name
 from ..artifacts import check_identity, load_artifact, require, save_artifact
 from ..errors import ArtifactMismatchError, LensMemoryError
 
@@ -321,7 +322,7 @@ def _encode_one(lm: Any, ids: torch.Tensor, layers: list[int]) -> tuple[dict, di
     st = lm.stack
     record: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     patterns: dict[int, torch.Tensor] = {}
-    hooks = [(f"blocks.{l}.attn.hook_pattern", functools.partial(_grab_pattern, store=patterns, layer=l)) for l in layers]
+    hooks = [(hook_name(l, "pattern"), functools.partial(_grab_pattern, store=patterns, layer=l)) for l in layers]
     with lm.bridge.hooks(fwd_hooks=hooks):
         st.run(st.embed(ids[None].to(lm.device)), 0, max(layers) + 1, record=record)
     kv, imp = {}, {}

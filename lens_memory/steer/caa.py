@@ -62,6 +62,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..hooks import hook_name
 from ..errors import LensMemoryError
 from .activations import POSITIONS, ContrastActivations, contrast_activations
 from .behaviors import Behavior, ContrastPair, load_behavior
@@ -78,7 +79,7 @@ FORMS = ("completion_mean", "ab_letter")
 
 def resid_hook(layer: int) -> str:
     """The residual stream after block ``layer`` (TL's ``blocks.L.hook_resid_post``)."""
-    return f"blocks.{layer}.hook_resid_post"
+    return hook_name(layer, "resid_post")
 
 
 @dataclass(frozen=True)

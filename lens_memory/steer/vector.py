@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..hooks import hook_template
 from ..artifacts import Handle, active_handles, check_identity, load_artifact, require, save_artifact
 from ..errors import ArtifactMismatchError, LensMemoryError
 
@@ -108,7 +109,7 @@ class SteeringVector:
     method: str
     vectors: dict[int, Float[torch.Tensor, "d_model"]]
     behavior: str
-    hook_template: str = "blocks.{layer}.hook_resid_post"
+    hook_template: str = field(default_factory=lambda: hook_template("resid_post"))
     config: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)

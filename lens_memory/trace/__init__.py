@@ -60,6 +60,7 @@ from typing import Any, Sequence
 from ..errors import NoKnownFactsError
 from ..facts import Fact, check_knowledge
 from ..io import load_tensors, read_json, save_tensors, write_json
+from .metrics import METRICS, Metric, answer_probability, metric_name, resolve_metric
 from .config import (KINDS, REFERENCE_LAYERS, REFERENCE_WINDOW, SEVERED_KINDS, TraceConfig, restore_hooks,
                      scaled_window, window_layers)
 from .corrupt import PreparedFact, noise_scale, prepare_fact
@@ -67,7 +68,7 @@ from .result import AIE, CATEGORIES, FactTrace, LayerSuggestion, TraceResult, to
 
 __all__ = [
     "TraceConfig", "TraceResult", "FactTrace", "AIE", "LayerSuggestion", "KINDS", "SEVERED_KINDS", "CATEGORIES",
-    "trace_fact", "trace_facts", "engine_for", "prepare_fact", "noise_scale", "token_categories", "restore_hooks", "window_layers",
+    "trace_fact", "trace_facts", "engine_for", "prepare_fact", "noise_scale", "token_categories", "restore_hooks", "window_layers", "METRICS", "answer_probability",
     "PreparedFact", "scaled_window", "window_record", "REFERENCE_WINDOW", "REFERENCE_LAYERS",
 ]
 
@@ -102,35 +103,45 @@ def window_record(cfg: TraceConfig, n_layers: int) -> dict[str, Any]:
     return {"requested": cfg.window, "resolved": cfg.window_for(n_layers), "n_layers": n_layers, "rule": rule}
 
 
-def trace_fact(lm: Any, fact: Fact, cfg: TraceConfig | None = None, scale: float | None = None) -> FactTrace:
-    """Trace one fact. ``scale`` is the noise scale (default: from ``cfg``, measured on this fact alone)."""
+def trace_fact(lm: Any, fact: Fact, cfg: TraceConfig | None = None, scale: float | None = None, *,
+               metric: str | Metric | None = None) -> FactTrace:
+    """Trace one fact. ``scale`` is the noise scale (default: from ``cfg``, measured on this fact alone).
+
+    ``metric``: what a run scores (:mod:`.metrics`; default the answer probability, ROME's score).
+    """
     cfg = (cfg or TraceConfig()).resolved(lm.n_layers)
     if scale is None:
         scale = noise_scale(lm, [fact], cfg)
     prep = prepare_fact(lm, fact, cfg, scale)
     t0 = time.perf_counter()
-    scores, high, low = engine_for(lm, cfg)(lm, prep, cfg, cfg.kinds)
+    scores, high, low = engine_for(lm, cfg)(lm, prep, cfg, cfg.kinds, resolve_metric(metric))
     return FactTrace(fact=fact, tokens=[lm.decode(int(i)) for i in prep.ids], subject_range=prep.subject_range,
                      answer=lm.decode(prep.answer_id), answer_id=prep.answer_id, high=high, low=low,
                      scores=scores, seconds=time.perf_counter() - t0)
 
 
-def _checkpoint_key(lm: Any, cfg: TraceConfig, scale: float) -> str:
-    blob = json.dumps({"model": lm.identity.to_dict(), "cfg": cfg.to_dict(), "scale": round(scale, 6)}, sort_keys=True)
+def _checkpoint_key(lm: Any, cfg: TraceConfig, scale: float, metric: str = "prob") -> str:
+    parts = {"model": lm.identity.to_dict(), "cfg": cfg.to_dict(), "scale": round(scale, 6)}
+    if metric != "prob":  # keys of probability traces are unchanged
+        parts["metric"] = metric
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, *, only_known: bool = True,
-                checkpoint_dir: str | Path | None = None, progress: bool = True, source: str = "") -> TraceResult:
+                checkpoint_dir: str | Path | None = None, progress: bool = True, source: str = "",
+                metric: str | Metric | None = None) -> TraceResult:
     """Trace a fact set.
 
     Facts the model does not know (top-1 is not the target) are skipped when ``only_known``;
     if it knows none, :class:`NoKnownFactsError` is raised. The noise scale is measured over the
     traced facts. With ``checkpoint_dir`` each finished fact is saved atomically and reused by a
     re-run with the same model, config and noise scale, so an interrupted run loses nothing.
+    ``metric`` is what each run scores (:mod:`.metrics`; default the answer probability).
     """
     from tqdm.auto import tqdm
 
+    metric = resolve_metric(metric)
     requested = cfg or TraceConfig()
     cfg = requested.resolved(lm.n_layers)
     facts = list(facts)
@@ -146,7 +157,7 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
     scale = noise_scale(lm, traced, cfg)
     ckpt = None
     if checkpoint_dir is not None:
-        ckpt = Path(checkpoint_dir) / _checkpoint_key(lm, cfg, scale)
+        ckpt = Path(checkpoint_dir) / _checkpoint_key(lm, cfg, scale, metric_name(metric))
         ckpt.mkdir(parents=True, exist_ok=True)
     traces = []
     for i, fact in enumerate(tqdm(traced, desc="causal tracing", unit="fact", disable=not progress)):
@@ -159,7 +170,7 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
                     continue
             except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
                 log.warning("ignoring unreadable trace checkpoint %s (%s); tracing the fact again", stem, exc)
-        tr = trace_fact(lm, fact, cfg, scale)
+        tr = trace_fact(lm, fact, cfg, scale, metric=metric)
         if stem is not None:
             save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})
             write_json(stem.with_suffix(".json"), tr.meta())
@@ -172,6 +183,7 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
         "window": window_record(requested, lm.n_layers),
         "noise_scale": scale,
         "seed": cfg.seed,
+        "metric": metric_name(metric),
         "hooks": {"noise": "hook_embed", **{k: restore_hooks(k) for k in cfg.kinds}},
         "layers": list(range(lm.n_layers)),
         "facts_source": source,

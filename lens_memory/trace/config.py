@@ -7,7 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TraceConfig", "KINDS", "SEVERED_KINDS", "restore_hooks", "window_layers", "scaled_window",
+from ..hooks import hook_name, hook_template
+
+__all__ = ["TraceConfig", "KINDS", "SEVERED_KINDS", "restore_hooks", "restore_hook", "window_layers", "scaled_window",
            "REFERENCE_WINDOW", "REFERENCE_LAYERS"]
 
 #: Restorations: the clean hidden state (residual stream after the block), MLP output, attention output.
@@ -16,12 +18,23 @@ KINDS = ("hidden", "mlp", "attn")
 #: corrupted values in every layer -- the "severed path" of Meng et al. (2022), Fig. 3.
 SEVERED_KINDS = ("hidden_sever_mlp", "hidden_sever_attn")
 
-_HOOKS = {"hidden": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out", "attn": "blocks.{}.hook_attn_out"}
+#: the hook site each kind restores (severed kinds restore the hidden state)
+RESTORE_SITES = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+
+
+def restore_site(kind: str) -> str:
+    """The :data:`~lens_memory.hooks.SITES` site restored by ``kind``."""
+    return RESTORE_SITES["hidden" if kind.startswith("hidden") else kind]
+
+
+def restore_hook(kind: str, layer: int) -> str:
+    """TransformerLens hook name restored by ``kind`` at ``layer``."""
+    return hook_name(layer, restore_site(kind))
 
 
 def restore_hooks(kind: str) -> str:
-    """TransformerLens hook-name template restored by ``kind`` (``{}`` = layer)."""
-    return _HOOKS["hidden" if kind.startswith("hidden") else kind]
+    """TransformerLens hook-name template restored by ``kind`` (``{}`` = layer; recorded in provenance)."""
+    return hook_template(restore_site(kind)).format(layer="{}")
 
 
 #: ROME's restoration window (Meng et al. 2022: 10 layers) and the depth of the model it was set for (GPT-2 XL).

@@ -26,12 +26,14 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..hooks import hook_name
 from .config import TraceConfig, window_layers
 from .corrupt import PreparedFact
+from .metrics import Metric, resolve_metric
 
 __all__ = ["fast_scores"]
 
-_OUT_HOOK = {"mlp": "blocks.{}.hook_mlp_out", "attn": "blocks.{}.hook_attn_out"}
+_OUT_SITE = {"mlp": "mlp_out", "attn": "attn_out"}
 _SEVER = {"hidden_sever_mlp": "mlp", "hidden_sever_attn": "attn"}
 
 
@@ -55,7 +57,7 @@ def _record(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: 
         for j in range(lm.n_layers):
             def cap(x, hook, k=k, j=j):
                 outs[k][j] = x.detach().clone()
-            hooks.append((_OUT_HOOK[k].format(j), cap))
+            hooks.append((hook_name(j, _OUT_SITE[k]), cap))
     resid, kv = [], {}
     with lm.bridge.hooks(fwd_hooks=hooks):
         for j in range(lm.n_layers):
@@ -65,12 +67,11 @@ def _record(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: 
     return _Run(resid, outs, kv)
 
 
-def _answer_prob(st: Any, resid: torch.Tensor, answer: int, chunk: int = 512) -> torch.Tensor:
-    """``softmax(logits)[answer]`` per row, as ``exp(z_a - logsumexp(z))`` in row chunks (no softmax copy)."""
+def _score(st: Any, resid: torch.Tensor, prep: PreparedFact, metric: Metric, chunk: int = 512) -> torch.Tensor:
+    """``metric`` of each row's logits (float32 whatever the weight dtype), in row chunks."""
     out = []
     for i in range(0, resid.shape[0], chunk):
-        z = st.logits(resid[i:i + chunk]).float()  # probabilities in float32 whatever the weight dtype
-        out.append(torch.exp(z[:, answer] - torch.logsumexp(z, dim=-1)))
+        out.append(metric(st.logits(resid[i:i + chunk]).float(), prep))
     return torch.cat(out)
 
 
@@ -79,19 +80,19 @@ def _start(kind: str, layer: int, cfg: TraceConfig, L: int) -> int:
 
 
 @torch.no_grad()
-def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str, ...]
+def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str, ...], metric: Metric | None = None
                 ) -> tuple[dict[str, Float[torch.Tensor, "layer pos"]], float, float]:
     """Scores per kind (``[layer, pos]``), the clean (high) and the corrupted (low) score."""
     st = lm.stack
     n, T, L = cfg.n_samples, prep.n_tokens, lm.n_layers
     s0, _ = prep.subject_range
-    a = prep.answer_id
+    metric = resolve_metric(metric)
     ids = prep.ids[None].to(lm.device)
-    needed = {k if k in _OUT_HOOK else _SEVER[k] for k in kinds if k != "hidden"}
+    needed = {k if k in _OUT_SITE else _SEVER[k] for k in kinds if k != "hidden"}
     clean = _record(lm, ids, None, needed)
     corr = _record(lm, ids.expand(n, T), prep, needed)
-    high = float(_answer_prob(st, clean.resid[L][:, -1], a)[0])
-    low = float(_answer_prob(st, corr.resid[L][:, -1], a).mean())
+    high = float(_score(st, clean.resid[L][:, -1], prep, metric)[0])
+    low = float(_score(st, corr.resid[L][:, -1], prep, metric).mean())
 
     patches: dict[str, Any] = {}  # hook name -> patch for the layer being run (set per layer below)
 
@@ -101,7 +102,7 @@ def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str,
             return x if fn is None else fn(x)
         return dispatch
 
-    names = [_OUT_HOOK[k].format(j) for k in needed for j in range(L)]
+    names = [hook_name(j, _OUT_SITE[k]) for k in needed for j in range(L)]
     finals, where = [], []
     with lm.bridge.hooks(fwd_hooks=[(name, dispatcher(name)) for name in names]):
         for kind in kinds:
@@ -109,7 +110,7 @@ def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str,
                 rows, layers = _token_cells(lm, kind, t, clean, corr, cfg, patches)
                 finals.append(rows)
                 where.append((kind, t, layers))
-    probs = _answer_prob(st, torch.cat(finals), a) if finals else torch.empty(0)
+    probs = _score(st, torch.cat(finals), prep, metric) if finals else torch.empty(0)
     out = {kind: torch.full((L, T), low) for kind in kinds}
     i = 0
     for kind, t, layers in where:
@@ -127,7 +128,7 @@ def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: Trace
     n, L = cfg.n_samples, lm.n_layers
     w = cfg.window_for(L)
     starts = {layer: _start(kind, layer, cfg, L) for layer in range(L)}
-    restored = kind in _OUT_HOOK
+    restored = kind in _OUT_SITE
     sever = _SEVER.get(kind)
     active: list[int] = []
     h = None
@@ -157,7 +158,7 @@ def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: Trace
                     x[idx, 0] = value
                     return x
 
-                patches[_OUT_HOOK[kind].format(j)] = patch
+                patches[hook_name(j, _OUT_SITE[kind])] = patch
         if sever is not None:
             frozen = corr.outs[sever][j][:, t].repeat(len(active), 1)
 
@@ -166,7 +167,7 @@ def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: Trace
                 x[:, 0] = frozen
                 return x
 
-            patches[_OUT_HOOK[sever].format(j)] = freeze
+            patches[hook_name(j, _OUT_SITE[sever])] = freeze
         prefix = None
         if t > 0:
             k, v = corr.kv[j]

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from .config import TraceConfig, restore_hooks, window_layers
+from ..hooks import hook_name
+from .metrics import Metric, resolve_metric
+from .config import TraceConfig, restore_hook, window_layers
 from .corrupt import PreparedFact
 
 __all__ = ["reference_scores", "restored_score"]
@@ -40,7 +42,7 @@ def _noise_hook(prep: PreparedFact):
 
 @torch.no_grad()
 def restored_score(lm: Any, prep: PreparedFact, restore: list[tuple[str, int]] = (),
-                   freeze: list[tuple[str, int]] = ()) -> tuple[float, float]:
+                   freeze: list[tuple[str, int]] = (), metric: Metric | None = None) -> tuple[float, float]:
     """Mean answer probability over the noised rows when the clean activation is copied into them
     at each ``(hook_name, token)`` of ``restore``, and the activations at ``freeze`` are held at
     their corrupted values (first pass). Returns ``(score, clean_score)``."""
@@ -74,25 +76,25 @@ def restored_score(lm: Any, prep: PreparedFact, restore: list[tuple[str, int]] =
                 return x
             hooks.append((name, unpatch))
     logits = lm.bridge.run_with_hooks(batch, fwd_hooks=[noise, *hooks])
-    probs = logits[:, -1].float().softmax(-1)  # float32 whatever the weight dtype
-    return float(probs[1:, prep.answer_id].mean()), float(probs[0, prep.answer_id])
+    scores = resolve_metric(metric)(logits[:, -1].float(), prep)  # float32 whatever the weight dtype
+    return float(scores[1:].mean()), float(scores[0])
 
 
 @torch.no_grad()
-def reference_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str, ...]
-                     ) -> tuple[dict[str, Float[torch.Tensor, "layer pos"]], float, float]:
+def reference_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str, ...],
+                     metric: Metric | None = None) -> tuple[dict[str, Float[torch.Tensor, "layer pos"]], float, float]:
     """Scores per kind (``[layer, pos]``), the clean (high) and the corrupted (low) score."""
     T, L = prep.n_tokens, lm.n_layers
     w = cfg.window_for(L)
-    low, high = restored_score(lm, prep)
+    low, high = restored_score(lm, prep, metric=metric)
     out: dict[str, torch.Tensor] = {}
     for kind in kinds:
         scores = torch.zeros(L, T)
-        sever = {"hidden_sever_mlp": "blocks.{}.hook_mlp_out", "hidden_sever_attn": "blocks.{}.hook_attn_out"}.get(kind)
+        sever = {"hidden_sever_mlp": "mlp_out", "hidden_sever_attn": "attn_out"}.get(kind)
         for layer in range(L):
             for t in range(T):
-                restore = [(restore_hooks(kind).format(j), t) for j in window_layers(kind, layer, w, L)]
-                freeze = [(sever.format(j), t) for j in range(L)] if sever else []
-                scores[layer, t] = restored_score(lm, prep, restore, freeze)[0]
+                restore = [(restore_hook(kind, j), t) for j in window_layers(kind, layer, w, L)]
+                freeze = [(hook_name(j, sever), t) for j in range(L)] if sever else []
+                scores[layer, t] = restored_score(lm, prep, restore, freeze, metric)[0]
         out[kind] = scores
     return out, high, low

@@ -173,3 +173,33 @@ def test_a_corrupt_checkpoint_is_traced_again_not_a_blocked_rerun(tiny, tmp_path
     st.write_bytes(st.read_bytes()[:20])  # truncated by a kill
     again = trace_facts(tiny, [fact], cfg, only_known=False, checkpoint_dir=tmp_path, progress=False)
     assert torch.equal(again.traces[0].scores["mlp"], first.traces[0].scores["mlp"])
+
+
+def _second_token_logit(logits, prep):  # a user-defined metric: any callable(logits, prep) -> [batch]
+    return logits[:, 1]
+
+
+@pytest.mark.parametrize("metric", ["logit", "logprob", _second_token_logit])
+def test_metric_callable_fast_equals_reference(tiny, prep, metric):
+    """Tracing takes a metric like TL's generic_activation_patch; both engines compute the same cells."""
+    cfg = TraceConfig(kinds=("hidden", "mlp"), n_samples=3, noise=1.0, window=2)
+    fs, fh, fl = fast_scores(tiny, prep, cfg, cfg.kinds, metric)
+    rs, rh, rl = reference_scores(tiny, prep, cfg, cfg.kinds, metric)
+    assert abs(fh - rh) < 1e-4 and abs(fl - rl) < 1e-4
+    for k in cfg.kinds:
+        assert torch.allclose(fs[k], rs[k], atol=1e-4), k
+    p_scores, p_high, _ = fast_scores(tiny, prep, cfg, cfg.kinds)
+    assert not torch.allclose(fs["mlp"], p_scores["mlp"])  # the metric was used, not the probability
+
+
+def test_default_metric_is_the_answer_probability_and_is_recorded(tiny):
+    cfg = TraceConfig(kinds=("mlp",), n_samples=2, noise=1.0, window=2)
+    tr = trace_fact(tiny, FACT, cfg, scale=1.0)
+    prep = prepare_fact(tiny, FACT, cfg.resolved(tiny.n_layers), 1.0)
+    logits = tiny.bridge(prep.ids[None])[0, -1].float().detach()
+    assert tr.high == pytest.approx(float(logits.softmax(-1)[prep.answer_id]), abs=1e-6)
+    res = trace_facts(tiny, [FACT], cfg, only_known=False, progress=False, metric="logit")
+    assert res.provenance["metric"] == "logit"
+    assert res.traces[0].high == pytest.approx(float(logits[prep.answer_id]), abs=1e-4)
+    with pytest.raises(ValueError, match="'loss'"):
+        trace_facts(tiny, [FACT], cfg, only_known=False, progress=False, metric="loss")
