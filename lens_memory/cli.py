@@ -167,154 +167,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_trace(args) -> dict:
-    from . import viz
     from .facts import load_facts
-    from .io import write_json
     from .models import load_model
-    from .trace import TraceConfig, trace_facts
+    from .trace import TraceConfig
+    from .workflows import run_trace
 
     cfg = TraceConfig(kinds=tuple(args.kinds.split(",")), n_samples=args.samples, noise=args.noise,
                       window=args.window, seed=args.seed, engine=args.engine)
     facts = load_facts(args.facts, args.limit)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    t0 = time.time()
-    result = trace_facts(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts),
-                         metric=args.metric)
-    result.save(args.out / "trace")
-    result.to_dataframe().to_csv(args.out / "trace_scores.csv", index=False)
-    figs = args.out / "figures"
-    viz.save_figure(result.plot(), figs / "aie")
-    for i, tr in enumerate(result.traces[: args.heatmaps]):
-        for kind in result.kinds:
-            viz.save_figure(viz.plot_trace_heatmap(tr, kind, window=result.window), figs / f"fact{i:03d}_{kind}")
-    summary = {"command": "trace", "model": lm.identity.to_dict(), "config": cfg.to_dict(),
-               "noise_scale": result.provenance["noise_scale"], **result.summary(),
-               "wall_seconds": round(time.time() - t0, 1)}
-    write_json(args.out / "summary.json", summary)
-    return summary
-
-
-#: the edit command's headline metrics (post-edit means; definitions in lens_memory.metrics)
-EDIT_SUMMARY_METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "efficacy_accuracy",
-                        "paraphrase_accuracy", "neighborhood_accuracy", "efficacy_magnitude", "paraphrase_magnitude",
-                        "neighborhood_magnitude", "fluency_ngram_entropy", "consistency_model_text_tfidf")
-
-
-def _edit_metrics(s: dict, ev) -> dict:
-    """Post-edit means with ``_ci95`` and ``_n``, ROME's ``score_s``, and the same under ``"pre"``."""
-    out: dict = {"n": s["n_facts"], "n_generation_facts": s["n_generation_facts"]}
-    for m in EDIT_SUMMARY_METRICS:
-        if m in s["post"]:
-            out.update({m: s["post"][m], m + "_ci95": s["post"][m + "_ci95"], m + "_n": s["post"][m + "_n"]})
-        elif m == "fluency_ngram_entropy":  # not generated (--fluency-facts 0)
-            out.update({m: None, m + "_ci95": [None, None], m + "_n": 0})
-    out["score_s"] = s["post"]["score_s"]
-    out["pre"] = {k: s["pre"][k] for k in EDIT_SUMMARY_METRICS + ("score_s",) if k in s["pre"]}
-    out.update({k: ev.generation.get(k) for k in ("generation_protocol", "gen_tokens", "max_out_len",
-                                                   "fluency_tokenizer") if k in ev.generation})
-    out.update({"neighborhood_prompts": ev.provenance.get("neighborhood_prompts"),
-                "neighborhood_excluded": ev.provenance.get("neighborhood_excluded")})
-    return out
+    summary = run_trace(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts),
+                        metric=args.metric, heatmaps=args.heatmaps)
+    summary.save(args.out)
+    return summary.to_dict()
 
 
 def _cmd_edit(args) -> dict:
-    import dataclasses
-
-    from . import viz
-    from .edit import (EvalConfig, MemitConfig, RomeConfig, applied, evaluate_edits,
-                       key_statistics, memit, rome)
-    from .edit.memit import default_layers
-    from .edit.rome import default_layer
+    from .edit import EvalConfig
     from .facts import load_facts, sample_known_facts
-    from .io import write_json
     from .models import load_model
-    from .trace import TraceConfig, trace_facts
-    from tqdm.auto import tqdm
+    from .workflows import run_edit
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     facts = sample_known_facts(lm, load_facts(args.facts, split=args.split), args.limit)
-    seconds: dict[str, float] = {}
-    t = time.time()
-    suggestion = None
-    if args.layer is None and args.layers is None and args.trace_facts > 0:
-        dev = sample_known_facts(lm, load_facts(args.facts, split="dev"), args.trace_facts)
-        tr = trace_facts(lm, dev, TraceConfig(kinds=("mlp",)), only_known=False)
-        tr.save(args.out / "trace_pre")
-        suggestion = tr.suggest_layers()
-        viz.save_figure(viz.plot_aie(tr, ["mlp"]), args.out / "figures" / "aie_pre")
-    seconds["trace"] = time.time() - t
-    if args.method == "rome":
-        layers = [args.layer if args.layer is not None else (suggestion.layer if suggestion else default_layer(lm))]
-        cfg = RomeConfig.for_model(lm, layer=layers[0], seed=args.seed)
-    else:
-        layers = ([int(x) for x in args.layers.split(",")] if args.layers else
-                  (suggestion.layers if suggestion else default_layers(lm)))
-        cfg = MemitConfig.for_model(lm, layers=tuple(layers), seed=args.seed)
-    overrides = {k: v for k, v in (("corpus", args.corpus), ("n_tokens", args.stats_tokens)) if v is not None}
-    if overrides:
-        cfg = dataclasses.replace(cfg, stats=dataclasses.replace(cfg.stats, **overrides))
-    stats_cfg = cfg.stats
-    layers = [lm.check_layer(j) for j in layers]
-    t = time.time()
-    stats = key_statistics(lm, layers, stats_cfg)
-    seconds["stats"] = time.time() - t
-    t = time.time()
-    edits = []
-    if args.method == "rome":
-        handles = []  # sequential: each edit is computed with the earlier ones applied
-        try:
-            for f in tqdm(facts, desc="ROME edits", unit="edit"):
-                edits.append(rome(lm, f, cfg, stats=stats[layers[0]]))  # same-layer edits leave C unchanged
-                if args.sequential:
-                    handles.append(edits[-1].apply(lm))
-        finally:
-            for h in reversed(handles):
-                h.remove()
-    else:
-        edits.append(memit(lm, facts, cfg, stats=stats))
-    seconds["edit"] = time.time() - t
-    for i, e in enumerate(edits):
-        e.save(args.out / "edits" / f"{i:03d}")
-    t = time.time()
-    per_fact = args.method == "rome" and not args.sequential
-    ev = evaluate_edits(lm, facts, edits, per_fact=per_fact,
-                        config=EvalConfig(fluency_facts=args.fluency_facts, gen_tokens=args.gen_tokens, seed=args.seed),
-                        provenance={"method": args.method, "layers": layers, "config": cfg.to_dict(), "split": args.split,
-                                    "sequential": args.sequential, "facts_source": str(args.facts)})
-    seconds["evaluate"] = time.time() - t
-    ev.save(args.out / "evaluation")
-    ev.to_dataframe().to_csv(args.out / "edit_scores.csv", index=False)
-    viz.save_figure(ev.plot(), args.out / "figures" / "edit_scores")
-    retrace = None
-    if not args.no_retrace:
-        t = time.time()
-        f = facts[0]
-        new_fact = dataclasses.replace(f, target_true=f.target_new, target_new=f.target_true)
-        with applied(lm, edits if not per_fact else edits[:1]):
-            rt = trace_facts(lm, [new_fact], TraceConfig(kinds=("mlp", "hidden")), only_known=False)
-        rt.save(args.out / "trace_post")
-        for kind in rt.kinds:
-            viz.save_figure(viz.plot_trace_heatmap(rt.traces[0], kind, window=rt.window), args.out / "figures" / f"retrace_{kind}")
-        sug = rt.suggest_layers()
-        retrace = {"fact": new_fact.prompt, "target": new_fact.target_true, "peak_mlp_layer": sug.layer,
-                   "edited_layers": layers, "clean_prob": float(rt.traces[0].high),
-                   "corrupted_prob": float(rt.traces[0].low)}
-        seconds["retrace"] = time.time() - t
-    s = ev.summary()
-    n_edits = len(facts)
-    summary = {"command": "edit", "method": args.method, "n_edits": n_edits, "layers": layers,
-               "split": args.split, "layer_choice": ("given" if args.layer is not None or args.layers else
-                                                     "traced on dev facts" if suggestion else "model default"),
-               "sequential": args.sequential, **_edit_metrics(s, ev),
-               "seconds_per_edit": seconds["edit"] / n_edits, "stats_seconds": seconds["stats"],
-               "stats_tokens": {j: stats[j].n_tokens for j in layers}, "stats_corpus": stats[layers[0]].corpus,
-               "trace_suggestion": dataclasses.asdict(suggestion) if suggestion else None,
-               "retrace": retrace, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-               "model": lm.identity.to_dict(), "config": cfg.to_dict()}
-    write_json(args.out / "summary.json", summary)
-    return summary
+    layers = [args.layer] if args.layer is not None else (
+        [int(x) for x in args.layers.split(",")] if args.layers else None)
+    dev = sample_known_facts(lm, load_facts(args.facts, split="dev"), args.trace_facts) \
+        if layers is None and args.trace_facts > 0 else []
+    summary = run_edit(lm, facts, dev, args.method, layers=layers, seed=args.seed, sequential=args.sequential,
+                       corpus=args.corpus, stats_tokens=args.stats_tokens, retrace=not args.no_retrace,
+                       eval_config=EvalConfig(fluency_facts=args.fluency_facts, gen_tokens=args.gen_tokens,
+                                              seed=args.seed),
+                       provenance={"split": args.split, "facts_source": str(args.facts)})
+    summary.save(args.out)
+    return summary.to_dict()
 
 
 def _cmd_steer(args) -> dict:

@@ -346,13 +346,11 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
     if not isinstance(name, str) or not name.strip():
         raise ModelUnavailableError(f"model name must be a non-empty string, got {name!r}")
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    if device_map is not None and (name == "tiny" or name in _embedded_names()):
+    if device_map is not None and (name in BUILDERS or name in _embedded_names()):
         raise ValueError(f"device_map={device_map!r} applies to Hugging Face ids and directories, not to {name!r} "
                          f"(small enough for one device: use device=)")
-    if name == "tiny":
-        from .tiny import tiny_model
-
-        return tiny_model(seed=seed, dtype=dtype, device=device)
+    if name in BUILDERS:
+        return _builder(name)(seed=seed, dtype=dtype, device=device)
     from .embedded import EMBEDDED, load_embedded
 
     if name in EMBEDDED:
@@ -361,6 +359,18 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
         return wrap_hf_model(hf.to(device), tok, name=name, source=manifest["source"], revision=sha[:16],
                              weight_hash=sha, quantization=manifest.get("quantization", EMBEDDED[name].quantization))
     return _load_hf(name, device=device, dtype=dtype, device_map=device_map)
+
+
+#: models built in code rather than loaded, as ``"module:function"`` returning a LensModel. Resolved on
+#: use, so this module does not import the modules that build on it (``lens_memory.tiny`` imports us).
+BUILDERS: dict[str, str] = {"tiny": "lens_memory.tiny:tiny_model"}
+
+
+def _builder(name: str) -> Any:
+    import importlib
+
+    module, func = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _embedded_names() -> set[str]:

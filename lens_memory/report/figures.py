@@ -36,6 +36,7 @@ def _taxonomy_annotations(stages: Path, rows: list[dict]) -> dict[str, list[str]
 def regenerate_figures(run: str | Path, out: str | Path) -> list[Path]:
     """Rebuild every figure of the report run in ``run`` into ``out``; return the files written."""
     from .. import viz
+    from ..trace import plots as trace_plots
     from ..compare import Comparison
     from ..memory.attention import AttentionComparison
     from ..memory.evaluate import MemoryLayerSweep
@@ -57,9 +58,9 @@ def regenerate_figures(run: str | Path, out: str | Path) -> list[Path]:
     save(cmp.plot(), "comparison_knowledge")
     save(plot_taxonomy(_taxonomy_annotations(stages, cmp.rows)), "taxonomy")
     tr = TraceResult.load(stages / "trace" / "trace")
-    save(viz.plot_aie(tr), "trace_aie")
+    save(trace_plots.plot_aie(tr), "trace_aie")
     for kind in tr.kinds:
-        save(viz.plot_trace_heatmap(tr.traces[0], kind, window=tr.provenance["config"]["window"]), f"trace_heatmap_{kind}")
+        save(trace_plots.plot_trace_heatmap(tr.traces[0], kind, window=tr.provenance["config"]["window"]), f"trace_heatmap_{kind}")
     att = AttentionComparison.load(stages / "memory" / "attention")
     save(att.plot("reference"), "attention_reference_heatmap")
     save(att.plot("js_vs_none"), "attention_divergence_heatmap")

@@ -219,6 +219,7 @@ def _dev_facts(runner: StageRunner):
 def _stage_trace(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path) -> dict[str, Any]:
     """Causal tracing of dev-split facts; its MLP peak and window are the edit layers of ROME and MEMIT."""
     from .. import viz
+    from ..trace import plots as trace_plots
     from ..trace import TraceConfig, trace_facts
 
     lm = model()
@@ -227,7 +228,7 @@ def _stage_trace(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path)
     res.save(d / "trace")
     viz.save_figure(res.plot(), d / "figures" / "aie")
     for kind in res.kinds:
-        viz.save_figure(viz.plot_trace_heatmap(res.traces[0], kind, window=res.window), d / "figures" / f"heatmap_{kind}")
+        viz.save_figure(trace_plots.plot_trace_heatmap(res.traces[0], kind, window=res.window), d / "figures" / f"heatmap_{kind}")
     sug = res.suggest_layers(width=cfg.memit_width)
     return {**res.summary(), "suggested_layer": sug.layer, "suggested_layers": list(sug.layers),
             "split": "dev", "config": tcfg.to_dict()}
@@ -235,33 +236,15 @@ def _stage_trace(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path)
 
 def _stage_edit(method: str):
     def stage(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
-        from ..edit import MemitConfig, RomeConfig, key_statistics, memit, rome
+        from ..workflows import fit_edits
 
         lm = model()
         facts = _facts(runner)
         tr = runner.records["trace"].summary
-        t0 = time.time()
-        if method == "rome":
-            ecfg = RomeConfig.for_model(lm, layer=tr["suggested_layer"], seed=cfg.seed)
-            layers = [ecfg.layer]
-        else:
-            ecfg = MemitConfig.for_model(lm, layers=tuple(tr["suggested_layers"]), seed=cfg.seed)
-            layers = list(ecfg.layers)
-        stats = key_statistics(lm, layers, ecfg.stats)
-        t_stats = time.time() - t0
-        t1 = time.time()
-        if method == "rome":
-            edits = [rome(lm, f, ecfg, stats=stats[layers[0]]) for f in tqdm(facts, desc="ROME edits", unit="edit")]
-        else:
-            edits = [memit(lm, facts, ecfg, stats=stats)]
-        t_edit = time.time() - t1
-        for i, e in enumerate(edits):
-            e.save(d / "edits" / f"{i:03d}")
-        return {"method": method, "layers": layers, "config": ecfg.to_dict(), "stats_seconds": t_stats,
-                "edit_seconds": t_edit, "fit_seconds": t_stats + t_edit, "n_edits": len(facts),
-                "stats_tokens": {str(j): stats[j].n_tokens for j in layers}, "stats_corpus": stats[layers[0]].corpus}
+        layers = [tr["suggested_layer"]] if method == "rome" else list(tr["suggested_layers"])
+        run = fit_edits(lm, facts, method, layers, seed=cfg.seed)
+        run.save(d)
+        return {**run.summary(), "fit_seconds": run.seconds["stats"] + run.seconds["edit"], "n_edits": len(facts)}
     return stage
 
 

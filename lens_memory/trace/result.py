@@ -211,11 +211,11 @@ class TraceResult:
 
     def plot(self, fact: int | None = None, kind: str | None = None, **kw):
         """``plot()``: AIE curves for every kind; ``plot(fact=i, kind=k)``: that fact's heatmap."""
-        from .. import viz
+        from . import plots
 
         if fact is None:
-            return viz.plot_aie(self, **kw)
-        return viz.plot_trace_heatmap(self.traces[fact], kind or self.kinds[0], **kw)
+            return plots.plot_aie(self, **kw)
+        return plots.plot_trace_heatmap(self.traces[fact], kind or self.kinds[0], **kw)
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

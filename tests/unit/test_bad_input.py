@@ -156,7 +156,7 @@ ROWS: list[Row] = [
     Row("unknown model", lambda lm, t: __import__("lens_memory.models", fromlist=["x"]).load_model(str(t / "no-such-model")),
         LensMemoryError, "no-such-model"),
     Row("generate past the context", lambda lm, t: __import__("lens_memory.generation", fromlist=["x"]).generate(
-        lm, ["hello"], max_new_tokens=lm.n_ctx), InputTooLongError, f"max_new_tokens="),
+        lm, ["hello"], max_new_tokens=lm.n_ctx), InputTooLongError, "max_new_tokens="),
     Row("generate zero tokens", lambda lm, t: __import__("lens_memory.generation", fromlist=["x"]).generate(
         lm, ["hello"], max_new_tokens=0), ValueError, "got 0"),
     # artifacts and their files
