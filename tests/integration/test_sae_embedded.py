@@ -2,7 +2,7 @@
 
 import pytest
 
-from lens_memory.steer.sae import SAEMismatchError, SAETrainConfig, check_sae, train_sae
+from lens_memory.sae import SAEMismatchError, SAETrainConfig, check_sae, train_sae
 
 pytestmark = pytest.mark.integration
 

@@ -461,7 +461,7 @@ def test_tokenize():
 
 @pytest.fixture(scope="module")
 def minilm():
-    from lens_memory.steer.scorers import sentence_embedder
+    from lens_memory.embedder import sentence_embedder
 
     return sentence_embedder("all-MiniLM-L6-v2")
 

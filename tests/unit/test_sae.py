@@ -1,16 +1,21 @@
 """SAEs on the tiny random model: training with sae-lens's trainer, quality metrics, caching, refusals."""
 
+import json
 import logging
+import shutil
 
 import pytest
 import torch
 
+from lens_memory.artifacts import load_artifact
 from lens_memory.corpus import load_corpus, token_blocks
-from lens_memory.errors import LensMemoryError, ModelUnavailableError
+from lens_memory.errors import ArtifactMismatchError, LensMemoryError, ModelUnavailableError
 from lens_memory.hooks import capture
-from lens_memory.steer.sae import (SAEConfigError, SAEMismatchError, SAEQuality, SAETrainConfig, TrainedSAE,
-                                   _activations, _training_sae, check_sae, feature_acts, load_pretrained_sae,
-                                   pretrained_sae_ids, sae_quality, train_sae)
+from lens_memory.io import sha256_file, write_json
+from lens_memory.sae import (SAEConfigError, SAEMismatchError, SAEQuality, SAETrainConfig, TrainedSAE, check_sae,
+                             feature_acts, load_pretrained_sae, pretrained_sae_ids, sae_quality, train_sae)
+from lens_memory.sae.features import _activations
+from lens_memory.sae.training import _training_sae
 
 WORDS = ("river mountain city harbour garden library market station bridge castle forest island valley desert "
          "museum theatre school hospital factory village").split()
@@ -198,6 +203,91 @@ def test_save_load_roundtrip(tiny, trained, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(LensMemoryError, match="refusing to overwrite"):
         trained.save(tmp_path / "other")
+
+
+def _save_old_layout(t, path):
+    """A directory as TrainedSAE.save wrote it before the persistence layer: no manifest, a "files" map of hashes."""
+    path.mkdir(parents=True)
+    weights, cfg = t.sae.save_model(path)
+    write_json(path / "trained_sae.json", {
+        "kind": "lens_memory.TrainedSAE", "hook": t.hook, "layer": t.layer, "config": t.config.to_dict(),
+        "quality": t.quality.to_dict(), "provenance": t.provenance,
+        "files": {weights.name: sha256_file(weights), cfg.name: sha256_file(cfg)}})
+    return path
+
+
+def test_save_writes_an_artifact_with_a_manifest_that_sae_lens_can_load(tiny, trained, tmp_path):
+    from sae_lens import SAE
+
+    path = trained.save(tmp_path / "sae")
+    assert sorted(p.name for p in path.iterdir()) == ["cfg.json", "sae_weights.safetensors", "trained_sae.json"]
+    meta, tensors = load_artifact(path, "trained_sae")
+    assert meta["format"] == "lens_memory.trained_sae/1" and tensors == {} and "files" not in meta
+    assert set(meta["manifest"]["files"]) == {"cfg.json", "sae_weights.safetensors"}
+    loaded = TrainedSAE.load(path, tiny)
+    assert loaded.provenance == trained.provenance and loaded.layer == trained.layer
+    x = torch.randn(5, tiny.d_model)
+    torch.testing.assert_close(loaded.encode(x), trained.encode(x))
+    torch.testing.assert_close(SAE.load_from_disk(path).encode(x), trained.encode(x))  # plain sae-lens reads it
+    weights = path / "sae_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight, same size
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactMismatchError, match="sae_weights.safetensors does not match"):
+        load_artifact(path, "trained_sae")
+    with pytest.raises(ArtifactMismatchError, match="sae_weights.safetensors does not match"):
+        TrainedSAE.load(path)
+
+
+def test_load_reads_the_old_layout_and_save_replaces_it(tiny, trained, tmp_path):
+    old = _save_old_layout(trained, tmp_path / "old")
+    loaded = TrainedSAE.load(old, tiny)
+    assert loaded.config == trained.config and loaded.quality == trained.quality and loaded.hook == trained.hook
+    assert loaded.provenance == trained.provenance
+    x = torch.randn(5, tiny.d_model)
+    torch.testing.assert_close(loaded.encode(x), trained.encode(x))
+    bad = _save_old_layout(trained, tmp_path / "bad")
+    weights = bad / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40] + b"\0" * 40)
+    with pytest.raises(ArtifactMismatchError, match="missing or corrupt"):  # old-layout hashes still verified
+        TrainedSAE.load(bad)
+    trained.save(old)  # e.g. a stale cache entry retrained: the new layout replaces the old one
+    meta, _ = load_artifact(old, "trained_sae")
+    assert "files" not in meta and "kind" not in meta
+    assert sorted(p.name for p in old.iterdir()) == ["cfg.json", "sae_weights.safetensors", "trained_sae.json"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
+    torch.testing.assert_close(TrainedSAE.load(old, tiny).encode(x), trained.encode(x))
+    mine = _save_old_layout(trained, tmp_path / "mine")
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(LensMemoryError, match="refusing to overwrite"):  # a file the old save did not write
+        trained.save(mine)
+    assert (mine / "notes.txt").read_text() == "mine"
+    assert "manifest" not in json.loads((mine / "trained_sae.json").read_text())
+
+
+def test_cache_in_the_old_layout_is_reused(tiny, corpus, tmp_path):
+    a = train_sae(tiny, SMALL, corpus=corpus, cache_dir=tmp_path, progress=False)
+    (d,) = [p.parent for p in tmp_path.rglob("trained_sae.json")]
+    shutil.rmtree(d)
+    _save_old_layout(a, d)
+    b = train_sae(tiny, SMALL, corpus=corpus, cache_dir=tmp_path, progress=False)
+    assert b.provenance == a.provenance and b.quality == a.quality  # loaded, not retrained
+    for k, v in a.sae.state_dict().items():
+        assert torch.equal(v, b.sae.state_dict()[k]), k
+
+
+def test_old_module_name_warns_and_returns_the_new_objects():
+    import lens_memory.sae as new
+    import lens_memory.steer.sae as old
+
+    msg = r"^lens_memory\.steer\.sae\.TrainedSAE moved to lens_memory\.sae\.TrainedSAE$"
+    with pytest.warns(DeprecationWarning, match=msg):
+        assert old.TrainedSAE is new.TrainedSAE
+    with pytest.warns(DeprecationWarning, match=msg.replace("TrainedSAE", "train_sae")):
+        from lens_memory.steer.sae import train_sae as old_train_sae
+    assert old_train_sae is train_sae
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        old.not_a_name
 
 
 # -- refusals ------------------------------------------------------------------------------
