@@ -152,6 +152,49 @@ def memit_targets(lm: Any, facts: Sequence[Fact], cfg: MemitConfig, contexts: Se
     return MemitTargets(z_layer=z_layer, z=torch.cat(zs), target_prob=probs, loss=losses, steps=steps)
 
 
+def _layer_residuals(lm: Any, facts: list[Fact], j: int, i: int, Ls: list[int], z: torch.Tensor, cfg: MemitConfig,
+                     contexts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys ``K_j`` ``[d_mlp fact]`` and the value change ``D_j`` ``[d_model fact]`` layer ``j`` must carry:
+    its share ``1 / (layers left)`` of the residual from the current output of the last layer to ``z``."""
+    z_hook = hook_name(Ls[-1], "resid_post")
+    groups = context_groups(cfg.context_lengths)
+    K, D = [], []
+    for ch in _chunks(len(facts), cfg.batch_facts):
+        rows = build_rows(lm, [facts[c] for c in ch], contexts, kl_prompts=())
+        acts = lookup_activations(lm, rows, [key_hook(j), value_hook(j), z_hook])
+        K.append(per_fact_mean(acts[key_hook(j)], rows, groups))
+        first = rows.first_row
+        resid = (z[list(ch)].double() - acts[z_hook][first].double()) / (len(Ls) - i)
+        D.append(residual_to_value(lm, j, acts[value_hook(j)][first].double(), resid))
+    return torch.cat(K).T, torch.cat(D).T
+
+
+def _spread(lm: Any, facts: list[Fact], Ls: list[int], z: torch.Tensor, stats: dict[int, Any], cfg: MemitConfig,
+            contexts: Sequence[str]) -> tuple[dict, dict, dict]:
+    """MEMIT's layer loop: solve each layer's update on the model with the lower layers' updates applied.
+
+    Returns ``(factors, ridges, base_hashes)``; the model's weights are restored before returning.
+    """
+    factors: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    base_hashes = {j: tensor_sha256(proj_weight(lm, j)) for j in Ls}
+    patches: list[WeightPatch] = []
+    ridges = {}
+    try:
+        for i, j in enumerate(Ls):
+            K_j, D_j = _layer_residuals(lm, facts, j, i, Ls, z, cfg, contexts)
+            C, ridges[j] = regularise(stats[j].mom2, cfg.ridge, name=f"C (layer {j})")
+            U, V = memit_update(C, K_j, D_j, cfg.mom2_update_weight)
+            factors[j] = (U.float(), None if V is None else V.float())
+            delta = U if V is None else U @ V.T
+            if not torch.isfinite(delta).all():
+                raise LensMemoryError(f"MEMIT update for layer {j} is not finite; no weights were changed")
+            patches.append(WeightPatch(lm, {j: delta}))
+    finally:
+        for p in reversed(patches):
+            p.restore()
+    return factors, ridges, base_hashes
+
+
 def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
           layers: Sequence[int] | None = None, stats: dict[int, Any] | None = None,
           targets: MemitTargets | None = None) -> Edit:
@@ -184,10 +227,7 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
         stats.update(key_statistics(lm, missing, cfg.stats))
     t_stats = time.perf_counter() - t0
     contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
-    groups = context_groups(cfg.context_lengths)
     z_layer = Ls[-1]
-    z_hook = hook_name(z_layer, "resid_post")
-    chunks = _chunks(len(facts), cfg.batch_facts)
 
     # 1. target hidden states z per fact (reused when given: they depend on z_layer, not on λ or lower layers)
     t1 = time.perf_counter()
@@ -199,34 +239,7 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
     t_targets = time.perf_counter() - t1
 
     # 2. spread the residual over the layers, lowest first
-    factors: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    base_hashes = {j: tensor_sha256(proj_weight(lm, j)) for j in Ls}
-    patches: list[WeightPatch] = []
-    ridges = {}
-    try:
-        for i, j in enumerate(Ls):
-            K, D = [], []
-            for ch in chunks:
-                sub = [facts[c] for c in ch]
-                rows = build_rows(lm, sub, contexts, kl_prompts=())
-                names = [key_hook(j), value_hook(j), z_hook]
-                acts = lookup_activations(lm, rows, names)
-                K.append(per_fact_mean(acts[key_hook(j)], rows, groups))
-                first = rows.first_row
-                resid = (z[list(ch)].double() - acts[z_hook][first].double()) / (len(Ls) - i)
-                D.append(residual_to_value(lm, j, acts[value_hook(j)][first].double(), resid))
-            K_j = torch.cat(K).T  # [d_mlp fact]
-            D_j = torch.cat(D).T  # [d_model fact]
-            C, ridges[j] = regularise(stats[j].mom2, cfg.ridge, name=f"C (layer {j})")
-            U, V = memit_update(C, K_j, D_j, cfg.mom2_update_weight)
-            factors[j] = (U.float(), None if V is None else V.float())
-            delta = U if V is None else U @ V.T
-            if not torch.isfinite(delta).all():
-                raise LensMemoryError(f"MEMIT update for layer {j} is not finite; no weights were changed")
-            patches.append(WeightPatch(lm, {j: delta}))
-    finally:
-        for p in reversed(patches):
-            p.restore()
+    factors, ridges, base_hashes = _spread(lm, facts, Ls, z, stats, cfg, contexts)
     total = time.perf_counter() - t0
     return Edit(method="memit", factors=factors, requests=[f.to_dict() for f in facts], config=cfg.to_dict(),
                 model=lm.identity.to_dict(), base_hashes=base_hashes,

@@ -215,6 +215,61 @@ class TargetResult:
     steps: list[int]
 
 
+def _forward_losses(lm: Any, rows: EditRows, runner: Any, hook: str, delta: torch.Tensor, active: torch.Tensor,
+                    kl_init: dict[int, torch.Tensor], kl_position: str, counts: tuple[torch.Tensor, ...]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass of the active facts' rows with ``delta`` added: per-fact NLL of the target and KL."""
+    n_tgt, rows_per_fact, kl_per_fact = counts
+    n, R, dev = delta.shape[0], rows.ids.shape[0], delta.device
+    sel = active[rows.owner].nonzero().squeeze(1)  # rows of facts still optimising
+    local = torch.full((R,), -1, dtype=torch.long, device=dev)
+    local[sel] = torch.arange(len(sel), device=dev)
+    owner, lookup = rows.owner[sel], rows.lookup[sel]
+    ar = torch.arange(len(sel), device=dev)
+
+    def add_delta(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        add = torch.zeros_like(x)
+        add[ar, lookup] = delta[owner].to(x.dtype)
+        return x + add
+
+    with lm.bridge.hooks(fwd_hooks=[(hook, add_delta)]):
+        h = runner.normed(sel)
+    tk = active[rows.owner[rows.tgt_row]]
+    t_row = rows.tgt_row[tk]
+    logp_t = torch.log_softmax(lm.unembed(h[local[t_row], rows.tgt_pos[tk]]).double(), -1)
+    tok_lp = logp_t.gather(1, rows.tgt_tok[tk][:, None]).squeeze(1)
+    row_lp = torch.zeros(R, dtype=torch.float64, device=dev).index_add(0, t_row, tok_lp) / n_tgt
+    rw = sel[~rows.is_kl[sel]]
+    nll = -torch.zeros(n, dtype=torch.float64, device=dev).index_add(0, rows.owner[rw], row_lp[rw]) / rows_per_fact
+    kl = torch.zeros(n, dtype=torch.float64, device=dev)
+    kr = sel[rows.is_kl[sel]]
+    if len(kr):
+        kl_pos = rows.lookup[kr] if kl_position == "subject_last" else rows.last[kr]
+        kl_lp = torch.log_softmax(lm.unembed(h[local[kr], kl_pos]).double(), -1)
+        for j, r in enumerate(kr.tolist()):
+            kl_init.setdefault(r, kl_lp[j].detach())
+        ref = torch.stack([kl_init[r] for r in kr.tolist()])
+        kl_row = (kl_lp.exp() * (kl_lp - ref)).sum(-1)
+        kl = kl.index_add(0, rows.owner[kr], kl_row) / kl_per_fact
+    return nll, kl
+
+
+@torch.no_grad()
+def _adam_step(delta: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, t: int, active: torch.Tensor, lr: float,
+               max_norm: torch.Tensor) -> None:
+    """Adam (β = 0.9, 0.999; ε = 1e-8) on the active rows, then each delta clamped to ``max_norm``."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    g = delta.grad
+    m1[active] = b1 * m1[active] + (1 - b1) * g[active]
+    m2[active] = b2 * m2[active] + (1 - b2) * g[active] ** 2
+    step = lr * (m1 / (1 - b1 ** t)) / ((m2 / (1 - b2 ** t)).sqrt() + eps)
+    delta[active] -= step[active]
+    norms = delta.norm(dim=-1)
+    scale = torch.where(active & (norms > max_norm), max_norm / norms.clamp_min(1e-30), torch.ones_like(norms))
+    delta.mul_(scale[:, None])
+    delta.grad = None
+
+
 def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float[torch.Tensor, "fact d_model"], *,
                      steps: int, lr: float, weight_decay: float, clamp_norm_factor: float, kl_factor: float,
                      early_stop_loss: float = 5e-2, facts: Sequence[Fact] | None = None,
@@ -231,53 +286,19 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
     R = rows.ids.shape[0]
     runner = _Runner(lm, rows.ids, layer)
     dev = lm.device  # the optimisation's bookkeeping lives with the activations
-    rows = rows.to(dev)
-    init = init.to(dev)
+    rows, init = rows.to(dev), init.to(dev)
     delta = torch.zeros(n, d, dtype=init.dtype, device=dev, requires_grad=True)
-    m1 = torch.zeros(n, d, dtype=init.dtype, device=dev)
-    m2 = torch.zeros(n, d, dtype=init.dtype, device=dev)
-    b1, b2, eps = 0.9, 0.999, 1e-8
+    m1, m2 = torch.zeros(n, d, dtype=init.dtype, device=dev), torch.zeros(n, d, dtype=init.dtype, device=dev)
     init_norm = init.norm(dim=-1)
     active = torch.ones(n, dtype=torch.bool, device=dev)
-    final_loss, final_nll = [float("nan")] * n, [float("nan")] * n
-    used = [steps] * n
-    n_tgt = torch.bincount(rows.tgt_row, minlength=R).clamp_min(1).double()
-    rows_per_fact = torch.bincount(rows.owner[~rows.is_kl], minlength=n).double().clamp_min(1)
-    kl_per_fact = torch.bincount(rows.owner[rows.is_kl], minlength=n).double().clamp_min(1)
+    final_loss, final_nll, used = [float("nan")] * n, [float("nan")] * n, [steps] * n
+    counts = (torch.bincount(rows.tgt_row, minlength=R).clamp_min(1).double(),
+              torch.bincount(rows.owner[~rows.is_kl], minlength=n).double().clamp_min(1),
+              torch.bincount(rows.owner[rows.is_kl], minlength=n).double().clamp_min(1))
     kl_init: dict[int, torch.Tensor] = {}  # global row -> initial log-probs of its KL position
-
     t = 0
     for it in range(steps):
-        sel = active[rows.owner].nonzero().squeeze(1)  # rows of facts still optimising
-        local = torch.full((R,), -1, dtype=torch.long, device=dev)
-        local[sel] = torch.arange(len(sel), device=dev)
-        owner, lookup = rows.owner[sel], rows.lookup[sel]
-        ar = torch.arange(len(sel), device=dev)
-
-        def add_delta(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            add = torch.zeros_like(x)
-            add[ar, lookup] = delta[owner].to(x.dtype)
-            return x + add
-
-        with lm.bridge.hooks(fwd_hooks=[(hook, add_delta)]):
-            h = runner.normed(sel)
-        tk = active[rows.owner[rows.tgt_row]]
-        t_row = rows.tgt_row[tk]
-        logp_t = torch.log_softmax(lm.unembed(h[local[t_row], rows.tgt_pos[tk]]).double(), -1)
-        tok_lp = logp_t.gather(1, rows.tgt_tok[tk][:, None]).squeeze(1)
-        row_lp = torch.zeros(R, dtype=torch.float64, device=dev).index_add(0, t_row, tok_lp) / n_tgt
-        rw = sel[~rows.is_kl[sel]]
-        nll = -torch.zeros(n, dtype=torch.float64, device=dev).index_add(0, rows.owner[rw], row_lp[rw]) / rows_per_fact
-        kl = torch.zeros(n, dtype=torch.float64, device=dev)
-        kr = sel[rows.is_kl[sel]]
-        if len(kr):
-            kl_pos = rows.lookup[kr] if kl_position == "subject_last" else rows.last[kr]
-            kl_lp = torch.log_softmax(lm.unembed(h[local[kr], kl_pos]).double(), -1)
-            for j, r in enumerate(kr.tolist()):
-                kl_init.setdefault(r, kl_lp[j].detach())
-            ref = torch.stack([kl_init[r] for r in kr.tolist()])
-            kl_row = (kl_lp.exp() * (kl_lp - ref)).sum(-1)
-            kl = kl.index_add(0, rows.owner[kr], kl_row) / kl_per_fact
+        nll, kl = _forward_losses(lm, rows, runner, hook, delta, active, kl_init, kl_position, counts)
         wd = weight_decay * delta.norm(dim=-1).double() / init_norm.double() ** 2
         loss = nll + kl_factor * kl + wd
         lv, nv = loss.detach(), nll.detach()
@@ -295,17 +316,7 @@ def optimise_targets(lm: Any, rows: EditRows, hook: str, layer: int, init: Float
         if not active.any():
             break
         (loss * active.double()).sum().backward()
-        with torch.no_grad():
-            t += 1
-            g = delta.grad
-            m1[active] = b1 * m1[active] + (1 - b1) * g[active]
-            m2[active] = b2 * m2[active] + (1 - b2) * g[active] ** 2
-            step = lr * (m1 / (1 - b1 ** t)) / ((m2 / (1 - b2 ** t)).sqrt() + eps)
-            delta[active] -= step[active]
-            max_norm = clamp_norm_factor * init_norm
-            norms = delta.norm(dim=-1)
-            scale = torch.where(active & (norms > max_norm), max_norm / norms.clamp_min(1e-30), torch.ones_like(norms))
-            delta.mul_(scale[:, None])
-            delta.grad = None
+        t += 1
+        _adam_step(delta, m1, m2, t, active, lr, clamp_norm_factor * init_norm)
     return TargetResult(delta=delta.detach().cpu(), init=init.cpu(), loss=final_loss, nll=final_nll,
                         target_prob=[float(torch.exp(torch.tensor(-x))) for x in final_nll], steps=used)

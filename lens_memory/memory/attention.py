@@ -75,6 +75,48 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
 
 
+def _layout(lm: Any, query: str, condition: str, reference: str | None, memory: Any, template: str):
+    """Token ids, reference columns and the query's offset for ``condition``; and the context to run in."""
+    q_ids = lm.encode(query)
+    n_q = len(q_ids)
+    if condition == "none":
+        return q_ids, [], 0, contextlib.nullcontext()
+    if condition == "rag":
+        if not reference:
+            raise LensMemoryError("condition 'rag' needs a reference text")
+        ids = lm.encode(template.format(context=reference.strip(), query=query))
+        # the query's n_q - 1 tokens after BOS are the prompt's last ones; everything between BOS and
+        # them (reference text and separator) counts as reference
+        return ids, list(range(1, len(ids) - (n_q - 1))), len(ids) - (n_q - 1) - 1, contextlib.nullcontext()
+    if memory is None:
+        raise LensMemoryError(f"condition {condition!r} needs a memory bank")
+    return q_ids, None, 0, memory.apply(lm)
+
+
+def _memory_token_mass(qrows: torch.Tensor, M: int, memory: Any, l: int, mem_mass: dict) -> None:
+    """Add the last query token's attention to each kept memory token (keyed by reference and position)."""
+    n_heads, n_kv = qrows.shape[0], memory.keys[l].shape[0]
+    for h in range(n_heads):  # heads (and layers, when sparse) keep different tokens
+        g = h // (n_heads // n_kv)
+        for c, m in zip(range(1, M), qrows[h, -1, 1:M].tolist()):
+            key = (int(memory.ref_index[l][g, c]), int(memory.enc_pos[l][g, c]))
+            mem_mass[key] = mem_mass.get(key, 0.0) + m / n_heads
+
+
+def _layer_bins(a: torch.Tensor, L: int, offset: int, ref_cols: list[int] | None, in_context: bool):
+    """Sink, reference and own-query masses of one layer's pattern ``[head q kv]`` (memory columns first)."""
+    M = a.shape[-1] - L  # memory columns first (0 when none attached at this layer)
+    qrows = a[:, offset + 1:, :]  # the query's tokens after BOS
+    if in_context:
+        sink = qrows[..., 0]
+        ref = qrows[..., ref_cols].sum(-1) if ref_cols else torch.zeros_like(sink)
+        return qrows, M, sink, ref, qrows[..., offset + 1:], (qrows[:, -1, ref_cols] if ref_cols else None)
+    if M > 0:  # sink: the memory's BOS (first memory column); the query's BOS column is masked
+        return qrows, M, qrows[..., 0], qrows[..., 1:M].sum(-1), qrows[..., M + 1:], None
+    sink = qrows[..., M]
+    return qrows, M, sink, torch.zeros_like(sink), qrows[..., M + 1:], None
+
+
 def attention_profile(lm: Any, query: str, condition: str = "none", *, reference: str | None = None,
                       memory: Any = None, template: str = "{context}\n\n{query}") -> AttentionProfile:
     """Attention masses of ``query`` under ``condition`` (``none``, ``rag`` with ``reference``, or a memory bank).
@@ -82,65 +124,24 @@ def attention_profile(lm: Any, query: str, condition: str = "none", *, reference
     For ``rag`` the prompt is ``template`` filled with ``reference`` and ``query``; for a memory
     condition (any other name) ``memory`` is attached while the query runs.
     """
-    q_ids = lm.encode(query)
-    n_q = len(q_ids)
-    ctx = contextlib.nullcontext()
-    if condition == "none":
-        ids, ref_cols, offset = q_ids, [], 0
-    elif condition == "rag":
-        if not reference:
-            raise LensMemoryError("condition 'rag' needs a reference text")
-        prompt = template.format(context=reference.strip(), query=query)
-        ids = lm.encode(prompt)
-        # the query's n_q - 1 tokens after BOS are the prompt's last ones; everything between BOS and
-        # them (reference text and separator) counts as reference
-        ref_cols, offset = list(range(1, len(ids) - (n_q - 1))), len(ids) - (n_q - 1) - 1
-    else:
-        if memory is None:
-            raise LensMemoryError(f"condition {condition!r} needs a memory bank")
-        ids, ref_cols, offset = q_ids, None, 0
-        ctx = memory.apply(lm)
+    ids, ref_cols, offset, ctx = _layout(lm, query, condition, reference, memory, template)
     with ctx:
         pats = _patterns(lm, ids)
-    n_layers = lm.n_layers
-    L = len(ids)
     out = {k: [] for k in ("reference", "sink", "query", "entropy")}
     rows_all, last_ref = [], []
     mem_mass: dict[tuple[int, int], float] = {}
     n_mem_layers = 0
-    for l in range(n_layers):
-        a = pats[l]  # [head q kv]
-        M = a.shape[-1] - L  # memory columns first (0 when none attached at this layer)
-        qrows = a[:, offset + 1:, :]  # the query's tokens after BOS
-        if condition in ("none", "rag"):
-            sink = qrows[..., 0]
-            ref = qrows[..., ref_cols].sum(-1) if ref_cols else torch.zeros_like(sink)
-            own = qrows[..., offset + 1:]
-            ref_last = qrows[:, -1, ref_cols] if ref_cols else None
-        else:
-            if M > 0:
-                sink = qrows[..., 0]  # the memory's BOS (first memory column); the query's BOS column is masked
-                ref = qrows[..., 1:M].sum(-1)
-                ref_last = None
-                n_mem_layers += 1
-                n_heads, n_kv = a.shape[0], memory.keys[l].shape[0]
-                for h in range(n_heads):  # heads (and layers, when sparse) keep different tokens
-                    g = h // (n_heads // n_kv)
-                    for c, m in zip(range(1, M), qrows[h, -1, 1:M].tolist()):
-                        key = (int(memory.ref_index[l][g, c]), int(memory.enc_pos[l][g, c]))
-                        mem_mass[key] = mem_mass.get(key, 0.0) + m / n_heads
-            else:
-                sink = qrows[..., M]
-                ref = torch.zeros_like(sink)
-                ref_last = None
-            own = qrows[..., M + 1:]
-        bins = torch.cat([sink[..., None], ref[..., None], own], dim=-1)
-        rows_all.append(bins)
+    for l in range(lm.n_layers):
+        qrows, M, sink, ref, own, ref_last = _layer_bins(pats[l], len(ids), offset, ref_cols,
+                                                         condition in ("none", "rag"))
+        if condition not in ("none", "rag") and M > 0:
+            n_mem_layers += 1
+            _memory_token_mass(qrows, M, memory, l, mem_mass)
+        rows_all.append(torch.cat([sink[..., None], ref[..., None], own], dim=-1))
         out["reference"].append(ref.mean(-1))
         out["sink"].append(sink.mean(-1))
         out["query"].append(own.sum(-1).mean(-1))
-        full = qrows[..., :]
-        out["entropy"].append(_entropy(full).mean(-1))
+        out["entropy"].append(_entropy(qrows[..., :]).mean(-1))
         if ref_last is not None:
             last_ref.append(ref_last.mean(0))
     arr = {k: torch.stack(v).numpy() for k, v in out.items()}

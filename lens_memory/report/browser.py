@@ -62,6 +62,31 @@ def _require(chromium: str, chromedriver: str) -> None:
         raise BrowserUnavailableError(f"the selenium package is not installed; {_SETUP_HINT}") from exc
 
 
+def _inspect(driver: Any, html_path: Path, timeout: float, max_full_page_height: int
+             ) -> tuple[dict[str, Any], tuple[bytes, bytes]]:
+    """Load the page, wait for every image, and return what is on it plus the two screenshots (PNG)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.set_page_load_timeout(timeout)
+    driver.get(html_path.as_uri())
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+        and d.execute_script("return Array.from(document.images).every(i => i.complete)"))
+    images = driver.execute_script(_IMAGES_JS)
+    result: dict[str, Any] = {
+        "title": driver.title,
+        "n_images": len(images),
+        "n_loaded": sum(bool(i["complete"]) and i["width"] > 0 for i in images),
+        "images": images,
+        "console_errors": [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"],
+    }
+    viewport = driver.get_screenshot_as_png()
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], max_full_page_height), "scale": 1}
+    full = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    return result, (viewport, base64.b64decode(full["data"]))
+
+
 def check_in_browser(html_path: str | Path, screenshot_path: str | Path | None = None, *,
                      full_page_path: str | Path | None = None, chromium: str | None = None,
                      chromedriver: str | None = None, timeout: float = 60.0, min_std: float = 8.0,
@@ -79,7 +104,6 @@ def check_in_browser(html_path: str | Path, screenshot_path: str | Path | None =
     _require(chromium, chromedriver)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
 
     html_path = Path(html_path).resolve()
     if not html_path.is_file():
@@ -92,26 +116,8 @@ def check_in_browser(html_path: str | Path, screenshot_path: str | Path | None =
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
         try:
-            driver.set_page_load_timeout(timeout)
-            driver.get(html_path.as_uri())
-            WebDriverWait(driver, timeout).until(
-                lambda d: d.execute_script("return document.readyState") == "complete"
-                and d.execute_script("return Array.from(document.images).every(i => i.complete)"))
-            images = driver.execute_script(_IMAGES_JS)
-            result: dict[str, Any] = {
-                "title": driver.title,
-                "n_images": len(images),
-                "n_loaded": sum(bool(i["complete"]) and i["width"] > 0 for i in images),
-                "images": images,
-                "console_errors": [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"],
-            }
-            shots = {"screenshot": (driver.get_screenshot_as_png(), screenshot_path)}
-            size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-            clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], max_full_page_height),
-                    "scale": 1}
-            full = driver.execute_cdp_cmd("Page.captureScreenshot",
-                                          {"format": "png", "captureBeyondViewport": True, "clip": clip})
-            shots["full_page"] = (base64.b64decode(full["data"]), full_page_path)
+            result, shots = _inspect(driver, html_path, timeout, max_full_page_height)
+            shots = {"screenshot": (shots[0], screenshot_path), "full_page": (shots[1], full_page_path)}
         finally:
             driver.quit()
     for key, (png, out) in shots.items():

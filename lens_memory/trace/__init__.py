@@ -162,22 +162,38 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
     traces = []
     for i, fact in enumerate(tqdm(traced, desc="causal tracing", unit="fact", disable=not progress)):
         stem = ckpt / f"fact{i:05d}" if ckpt else None
-        if stem is not None and stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists():
-            try:
-                meta = read_json(stem.with_suffix(".json"))
-                if meta["fact"] == fact.to_dict():
-                    traces.append(FactTrace.from_meta(meta, load_tensors(stem.with_suffix(".safetensors")), ""))
-                    continue
-            except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
-                log.warning("ignoring unreadable trace checkpoint %s (%s); tracing the fact again", stem, exc)
-        tr = trace_fact(lm, fact, cfg, scale, metric=metric)
-        if stem is not None:
-            save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})
-            write_json(stem.with_suffix(".json"), tr.meta())
+        tr = _load_checkpoint(stem, fact) if stem is not None else None
+        if tr is None:
+            tr = trace_fact(lm, fact, cfg, scale, metric=metric)
+            if stem is not None:
+                save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})
+                write_json(stem.with_suffix(".json"), tr.meta())
         traces.append(tr)
+    provenance = _provenance(lm, cfg, requested, scale, metric, source)
+    extra = {"knowledge": {"top1": knowledge.top1, "target_prob": knowledge.target_prob, "known": knowledge.known,
+                           "case_ids": [f.case_id for f in facts]}} if knowledge else {}
+    return TraceResult(provenance=provenance, traces=traces, n_facts=len(facts),
+                       n_known=knowledge.n_known if knowledge else len(facts), extra=extra)
+
+
+def _load_checkpoint(stem: Path, fact: Fact) -> FactTrace | None:
+    """The checkpointed trace of ``fact`` at ``stem``, or ``None`` (absent, another fact, or corrupt)."""
+    if not (stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists()):
+        return None
+    try:
+        meta = read_json(stem.with_suffix(".json"))
+        if meta["fact"] == fact.to_dict():
+            return FactTrace.from_meta(meta, load_tensors(stem.with_suffix(".safetensors")), "")
+    except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
+        log.warning("ignoring unreadable trace checkpoint %s (%s); tracing the fact again", stem, exc)
+    return None
+
+
+def _provenance(lm: Any, cfg: TraceConfig, requested: TraceConfig, scale: float, metric: Metric,
+                source: str) -> dict[str, Any]:
     from .. import __version__
 
-    provenance = {
+    return {
         "model": lm.identity.to_dict(),
         "config": cfg.to_dict(),
         "window": window_record(requested, lm.n_layers),
@@ -190,7 +206,3 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
         "lens_memory": __version__,
         "method": "causal tracing (Meng et al. 2022)",
     }
-    extra = {"knowledge": {"top1": knowledge.top1, "target_prob": knowledge.target_prob, "known": knowledge.known,
-                           "case_ids": [f.case_id for f in facts]}} if knowledge else {}
-    return TraceResult(provenance=provenance, traces=traces, n_facts=len(facts),
-                       n_known=knowledge.n_known if knowledge else len(facts), extra=extra)
