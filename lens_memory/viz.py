@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ._moved import moved
+
 __all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_edit_scores",
            "plot_layer_sweep", "plot_steering_tradeoff", "plot_decomposition",
            "plot_attention_conditions", "plot_attention_layers", "plot_condition_bars"]
@@ -249,15 +251,6 @@ def plot_condition_bars(table: dict[str, dict[str, float]], metrics: tuple[str, 
     return fig
 
 
-_MOVED = {"plot_trace_heatmap": "lens_memory.trace.plots", "plot_aie": "lens_memory.trace.plots"}
-
-
-def __getattr__(name: str) -> Any:
-    """Deprecated names: tracing's plots live next to the trace result (:mod:`lens_memory.trace.plots`)."""
-    if name in _MOVED:
-        import importlib
-        import warnings
-
-        warnings.warn(f"lens_memory.viz.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'lens_memory.viz' has no attribute {name!r}")
+#: tracing's plots live next to the trace result (:mod:`lens_memory.trace.plots`); the old names warn
+__getattr__ = moved("lens_memory.viz", {"plot_trace_heatmap": "lens_memory.trace.plots",
+                                        "plot_aie": "lens_memory.trace.plots"})

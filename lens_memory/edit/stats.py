@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from ..corpus import Corpus, resolve_corpus, token_blocks
 from ..errors import LensMemoryError
-from ..io import read_json, save_tensors, load_tensors, write_json
 from .weights import key_hook
 
 __all__ = ["StatsConfig", "KeyStats", "key_statistics", "check_stats"]
@@ -88,18 +87,20 @@ class KeyStats:
                 "state_key": self.state_key, "corpus": self.corpus, "config": self.config, "seconds": self.seconds}
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors) and ``path.json`` (metadata), atomically."""
-        path = Path(path)
-        save_tensors(path, {"mom2": self.mom2, "mean": self.mean})
-        write_json(path.with_suffix(".json"), self._meta())
-        return path
+        """Write ``key_stats.json`` + ``key_stats.safetensors`` into directory ``path`` atomically."""
+        from ..artifacts import save_artifact
+
+        return save_artifact(path, "key_stats", self._meta(), {"mom2": self.mom2, "mean": self.mean})
 
     @classmethod
     def load(cls, path: str | Path) -> "KeyStats":
-        path = Path(path)
-        meta = read_json(path.with_suffix(".json"))
-        t = load_tensors(path)
-        return cls(mom2=t["mom2"], mean=t["mean"], **meta)
+        from ..artifacts import load_artifact, require
+
+        meta, t = load_artifact(path, "key_stats")
+        require(meta, ("layer", "n_tokens", "hook", "model", "state_key", "corpus", "config"), path)
+        fields_ = {k: meta[k] for k in ("layer", "n_tokens", "hook", "model", "state_key", "corpus", "config",
+                                        "seconds") if k in meta}
+        return cls(mom2=t["mom2"], mean=t["mean"], **fields_)
 
 
 def check_stats(st: KeyStats, lm: Any, layer: int) -> None:
@@ -117,11 +118,37 @@ def check_stats(st: KeyStats, lm: Any, layer: int) -> None:
                               f"them with key_statistics(model, {layer}, ...)")
 
 
-def _cache_file(lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig, cache_dir: str | Path | None) -> Path:
+def _cache_entry(lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig, cache_dir: str | Path | None) -> tuple[Path, str]:
+    """The cache entry of ``layer``'s statistic and its content key (weights below it, corpus bytes, hook, shape)."""
+    from ..cache import content_key
     from ..embedded import cache_root
 
-    d = cache_root(cache_dir) / "stats" / lm.name.replace("/", "--") / lm.state_key(below_layer=layer)[:16] / corpus.sha256[:16]
-    return d / f"layer{layer}_t{cfg.n_tokens}_s{cfg.seq_len}.safetensors"
+    state = lm.state_key(below_layer=layer)
+    key = content_key(state, corpus.sha256, key_hook(layer), cfg.n_tokens, cfg.seq_len)
+    d = cache_root(cache_dir) / "stats" / lm.name.replace("/", "--") / state[:16] / corpus.sha256[:16]
+    return d / f"layer{layer}_t{cfg.n_tokens}_s{cfg.seq_len}", key
+
+
+def _cached_stats(entry: Path, key: str) -> "KeyStats | None":
+    """The statistic in cache ``entry`` if its key matches and its files verify (else ``None``: recompute)."""
+    from ..cache import read_entry
+
+    if read_entry(entry, key) is None:
+        return None
+    try:
+        return KeyStats.load(entry / "stats")
+    except Exception as exc:  # corrupt cache: recompute, never trust it
+        log.warning("ignoring unreadable key-statistics cache %s (%s)", entry, exc)
+        return None
+
+
+def _store_stats(entry: Path, key: str, st: "KeyStats") -> None:
+    """Publish ``st`` as cache ``entry`` (under its lock; a concurrent writer's partial is never deleted)."""
+    from ..cache import file_lock, publish_dir, sweep_partials
+
+    with file_lock(entry.with_name(entry.name + ".lock")):
+        sweep_partials(entry)
+        publish_dir(entry, lambda d: (st.save(d / "stats"), {"key": key})[1])
 
 
 def _matches(st: KeyStats, lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig) -> bool:
@@ -199,22 +226,17 @@ def key_statistics(lm: Any, layers: int | Sequence[int], config: StatsConfig | N
         raise LensMemoryError("key_statistics needs at least one layer, got none")
     corpus = corpus or resolve_corpus(lm, cfg.corpus)
     out: dict[int, KeyStats] = {}
+    entries = {j: _cache_entry(lm, corpus, j, cfg, cache_dir) for j in layers}
     if use_cache:
-        for j in layers:
-            f = _cache_file(lm, corpus, j, cfg, cache_dir)
-            if f.exists() and f.with_suffix(".json").exists():
-                try:
-                    st = KeyStats.load(f)
-                except Exception as exc:  # corrupt cache: recompute, never trust it
-                    log.warning("ignoring unreadable key-statistics cache %s (%s)", f, exc)
-                    continue
-                if _matches(st, lm, corpus, j, cfg):
-                    out[j] = st
+        for j, (entry, key) in entries.items():
+            st = _cached_stats(entry, key)
+            if st is not None and _matches(st, lm, corpus, j, cfg):
+                out[j] = st
     missing = sorted(set(layers) - set(out))
     if missing:
         new = _estimate(lm, missing, corpus, cfg, truncate)
         for j, st in new.items():
             if use_cache:
-                st.save(_cache_file(lm, corpus, j, cfg, cache_dir))
+                _store_stats(*entries[j], st)
             out[j] = st
     return {j: out[j] for j in layers}

@@ -382,7 +382,7 @@ def test_diverging_optimisation_stops_with_weights_untouched(tiny, corpus):
 
 
 def test_batch_evaluation_leaves_out_neighbours_that_are_edited_too():
-    from lens_memory.edit.evaluate import _unedited_neighbours
+    from lens_memory.harness.knowledge import _unedited_neighbours
 
     a = Fact(subject="Lyon", template="{} is a city in the country of", target_true="France", target_new="Japan",
              neighborhood=("Marseille is a city in the country of", "Nice is a city in the country of"))
@@ -477,3 +477,19 @@ def test_memit_with_one_fact_saves_hashes_and_keys_the_state(corpus, tmp_path):
     assert back.edit_id == e.edit_id and torch.equal(back.delta(1), e.delta(1))
     with e.apply(lm):
         assert lm.state_key() != lm.identity.weight_hash
+
+
+def test_key_statistics_cache_entries_are_verified_and_locked(tiny, corpus, cache):
+    """The statistics cache is the shared cache helper's: content key, manifest, recompute-if-corrupt."""
+    import json
+
+    a = key_statistics(tiny, 1, STATS, corpus=corpus)[1]
+    (meta,) = list(cache.rglob("cache.json"))
+    assert json.loads(meta.read_text())["files"]  # every output is listed with its hash
+    (t,) = list(cache.rglob("key_stats.safetensors"))
+    raw = bytearray(t.read_bytes())
+    raw[-1] ^= 1  # one flipped bit, same size
+    t.write_bytes(bytes(raw))
+    again = key_statistics(tiny, 1, STATS, corpus=corpus)[1]
+    assert torch.equal(again.mom2, a.mom2)
+    assert list(cache.rglob("*.lock")) and not list(cache.rglob("*.partial-*"))
