@@ -1,4 +1,4 @@
-"""Facts: the unit every memory mechanism writes and every evaluation reads back.
+"""Facts: the unit every memory mechanism writes and every evaluation reads back, and the sets of them.
 
 A :class:`Fact` is a (subject, relation, object) triple phrased as a prompt template with
 ``{}`` for the subject -- ``"{} is located in the city of"`` + ``"Eiffel Tower"`` -> ``"Paris"``
@@ -23,29 +23,31 @@ clamp, MEMIT's λ, fact-vector layers -- is chosen on dev facts; tables report t
 results record the split.
 
 :func:`check_knowledge` reports which facts a model knows (its top-1 next token is the target's
-first token) with the probabilities.
+first token) with the probabilities; :func:`sample_known_facts` picks known facts for an experiment.
+
+This module holds the built-in set, :func:`load_facts`, the splits and the sampling; the rest lives
+in :mod:`lens_memory.fact` (:class:`Fact`), :mod:`lens_memory.fact_files` (the file formats) and
+:mod:`lens_memory.knowledge` (:func:`check_knowledge`), and is re-exported here.
 """
 
 from __future__ import annotations
 
-import string
-
-import dataclasses
 import hashlib
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
-
-from .errors import FactFormatError, LensMemoryError
+from .errors import LensMemoryError
+from .fact import Fact, one_slot
+from .fact_files import _read_records, facts_from_records, load_counterfact, load_known_facts
+from .knowledge import KnowledgeResult, check_knowledge
 
 __all__ = [
     "Fact",
+    "one_slot",
     "builtin_facts",
     "load_known_facts",
     "load_counterfact",
@@ -62,82 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def one_slot(template: str) -> bool:
-    """True if ``template.format(x)`` puts ``x`` in exactly one place: one bare ``{}``, no other field."""
-    try:
-        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
-        template.format("x")
-    except (ValueError, IndexError, KeyError):
-        return False
-    return fields == [""] and "{}" in template
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One factual association and the prompts used to test a change to it.
-
-    Attributes:
-        subject: the entity, e.g. ``"Eiffel Tower"``; must occur in ``prompt.format(subject)``.
-        template: prompt with one ``{}`` for the subject, e.g. ``"The {} is located in the city of"``.
-        target_true: the true object (``"Paris"``), without leading space.
-        target_new: a counterfactual object for editing (``"Rome"``), or ``None``.
-        paraphrases: full prompts expressing the same relation for the same subject.
-        neighborhood: full prompts about other subjects whose true object is ``target_true``.
-        relation_id: e.g. ``"P131"``.
-        case_id: identifier within its source.
-        generation_prompts: prompts for fluency / consistency of free generation.
-        attribute_prompts: prompts about other subjects whose true object is ``target_new``.
-        record_template: the source record's own template where it differs from ``template``
-            (ROME's known facts: the prompt extends it); metadata only.
-    """
-
-    subject: str
-    template: str
-    target_true: str
-    target_new: str | None = None
-    paraphrases: tuple[str, ...] = ()
-    neighborhood: tuple[str, ...] = ()
-    relation_id: str = ""
-    case_id: int | str | None = None
-    generation_prompts: tuple[str, ...] = ()
-    attribute_prompts: tuple[str, ...] = ()
-    record_template: str | None = None
-
-    def __post_init__(self) -> None:
-        where = f"fact {self.case_id!r}" if self.case_id is not None else f"fact about {self.subject!r}"
-        for name in ("subject", "template", "target_true"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.strip():
-                raise FactFormatError(f"{where}: field {name!r} must be a non-empty string, got {v!r}")
-        if not one_slot(self.template):
-            raise FactFormatError(f"{where}: field 'template' must contain exactly one '{{}}' (and no other "
-                                  f"format field; write literal braces as '{{{{' '}}}}'), got {self.template!r}")
-        if self.target_new is not None and (not isinstance(self.target_new, str) or not self.target_new.strip()):
-            raise FactFormatError(f"{where}: field 'target_new' must be a non-empty string or null, got {self.target_new!r}")
-        for name in ("paraphrases", "neighborhood", "generation_prompts", "attribute_prompts"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) and p.strip() for p in v):
-                raise FactFormatError(f"{where}: field {name!r} must be a list of non-empty strings, got {v!r}")
-            object.__setattr__(self, name, tuple(v))
-
-    @property
-    def prompt(self) -> str:
-        """The template with the subject filled in."""
-        return self.template.format(self.subject)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Fact":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise FactFormatError(f"fact {d.get('case_id')!r}: unknown field(s) {sorted(unknown)}")
-        return cls(**d)
-
 
 # ---------------------------------------------------------------------------------------
 # built-in set
@@ -179,132 +105,8 @@ def builtin_facts(relations: Sequence[str] | None = None, split: str | None = No
 
 
 # ---------------------------------------------------------------------------------------
-# loaders for the two standard formats
+# loading, spreading and splitting
 # ---------------------------------------------------------------------------------------
-
-
-def _read_records(source: str | Path) -> list[dict[str, Any]]:
-    text: str
-    s = str(source)
-    if s.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(s, timeout=30) as r:  # noqa: S310 - user-given URL
-                text = r.read().decode("utf-8")
-        except Exception as exc:  # noqa: BLE001
-            raise LensMemoryError(f"cannot download facts from {s}: {exc}") from None
-    else:
-        p = Path(s).expanduser()
-        if not p.is_file():
-            raise LensMemoryError(f"fact file {s!r} does not exist")
-        text = p.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FactFormatError(f"{s}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and "facts" in data:
-        data = data["facts"]
-    if not isinstance(data, list):
-        raise FactFormatError(f"{s}: expected a JSON list of fact records, got {type(data).__name__}")
-    return data
-
-
-def _field(rec: Any, i: int, key: str, path: str, typ: type | tuple = str, required: bool = True) -> Any:
-    rid = rec.get("case_id", rec.get("known_id", i)) if isinstance(rec, dict) else i
-    if not isinstance(rec, dict):
-        raise FactFormatError(f"record {i}: expected an object, got {type(rec).__name__}")
-    if key not in rec:
-        if required:
-            raise FactFormatError(f"record {i} (id {rid}): missing field {path!r}")
-        return None
-    v = rec[key]
-    if not isinstance(v, typ) or (isinstance(v, str) and not v.strip()):
-        raise FactFormatError(f"record {i} (id {rid}): field {path!r} is invalid: {v!r}")
-    return v
-
-
-def _known_record(rec: Any, i: int) -> Fact:
-    """One ROME ``known_1000.json`` record.
-
-    ROME traces ``prompt`` with ``subject``; in the published file 478 of 1,209 prompts *extend* the
-    template (template ``"{} is located in the continent"``, prompt ``"Vinson Massif is located in the
-    continent of"``). So the prompt is what is traced: the fact's template is the prompt with the
-    subject's first occurrence (where ROME's code finds it) replaced by ``{}``, and the record's own
-    template is kept as ``record_template``.
-    """
-    subject = _field(rec, i, "subject", "subject")
-    attribute = _field(rec, i, "attribute", "attribute")
-    template = _field(rec, i, "template", "template")
-    prompt = _field(rec, i, "prompt", "prompt", required=False)
-    rid = rec.get("known_id", i)
-    if not one_slot(template):
-        raise FactFormatError(f"record {i} (id {rid}): field 'template' needs exactly one '{{}}' and no other "
-                              f"format field: {template!r}")
-    if prompt is None:
-        prompt = template.format(subject)
-    at = prompt.find(subject)
-    if at < 0:
-        raise FactFormatError(f"record {i} (id {rid}): field 'prompt' {prompt!r} does not contain the subject {subject!r}")
-    derived = prompt[:at].replace("{", "{{").replace("}", "}}") + "{}" + \
-        prompt[at + len(subject):].replace("{", "{{").replace("}", "}}")
-    return Fact(subject=subject, template=derived, target_true=attribute, relation_id=str(rec.get("relation_id", "")),
-                case_id=rid, record_template=template if template != derived else None)
-
-
-def _counterfact_record(rec: Any, i: int) -> Fact:
-    rr = _field(rec, i, "requested_rewrite", "requested_rewrite", dict)
-    cid = rec.get("case_id", i)
-    prompt = _field(rr, i, "prompt", "requested_rewrite.prompt")
-    subject = _field(rr, i, "subject", "requested_rewrite.subject")
-    tt = _field(rr, i, "target_true", "requested_rewrite.target_true", dict)
-    tn = _field(rr, i, "target_new", "requested_rewrite.target_new", dict)
-    t_true = _field(tt, i, "str", "requested_rewrite.target_true.str")
-    t_new = _field(tn, i, "str", "requested_rewrite.target_new.str")
-    if prompt.count("{}") != 1:
-        raise FactFormatError(f"record {i} (case_id {cid}): field 'requested_rewrite.prompt' needs exactly one '{{}}': {prompt!r}")
-    lists = {}
-    for key in ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "generation_prompts"):
-        v = rec.get(key, [])
-        if not isinstance(v, list) or not all(isinstance(p, str) and p.strip() for p in v):
-            raise FactFormatError(f"record {i} (case_id {cid}): field {key!r} must be a list of strings")
-        lists[key] = tuple(v)
-    return Fact(subject=subject, template=prompt, target_true=t_true.strip(), target_new=t_new.strip(),
-                paraphrases=lists["paraphrase_prompts"], neighborhood=lists["neighborhood_prompts"],
-                relation_id=str(rr.get("relation_id", "")), case_id=cid,
-                generation_prompts=lists["generation_prompts"], attribute_prompts=lists["attribute_prompts"])
-
-
-def facts_from_records(records: Iterable[Any]) -> list[Fact]:
-    """Parse records of either standard format (detected per record)."""
-    out = []
-    for i, rec in enumerate(records):
-        if isinstance(rec, dict) and "requested_rewrite" in rec:
-            out.append(_counterfact_record(rec, i))
-        elif isinstance(rec, dict) and "template" in rec and "attribute" in rec:
-            out.append(_known_record(rec, i))
-        elif isinstance(rec, dict) and "target_true" in rec and "template" in rec:
-            try:
-                out.append(Fact.from_dict(rec))
-            except TypeError as exc:
-                raise FactFormatError(f"record {i}: {exc}") from None
-        else:
-            keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-            raise FactFormatError(
-                f"record {i}: not a known-facts record (subject, attribute, template, prompt) nor a "
-                f"CounterFact record (requested_rewrite ...); it has {keys}"
-            )
-    return out
-
-
-def load_known_facts(source: str | Path) -> list[Fact]:
-    """ROME's known-facts JSON from a path or URL."""
-    return [_known_record(r, i) for i, r in enumerate(_read_records(source))]
-
-
-def load_counterfact(source: str | Path) -> list[Fact]:
-    """CounterFact JSON from a path or URL."""
-    return [_counterfact_record(r, i) for i, r in enumerate(_read_records(source))]
 
 
 def load_facts(source: str | Path = "builtin", limit: int | None = None, split: str | None = None) -> list[Fact]:
@@ -367,76 +169,8 @@ def split_facts(facts: Iterable[Fact], split: str | None) -> list[Fact]:
 
 
 # ---------------------------------------------------------------------------------------
-# what does the model know?
+# facts the model knows
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class KnowledgeResult:
-    """Per fact: the model's top-1 next token and the probability of the true target's first token."""
-
-    model: dict[str, Any]
-    facts: list[Fact]
-    top1: list[str]
-    top1_prob: list[float]
-    target_prob: list[float]
-    known: list[bool] = field(default_factory=list)
-
-    @property
-    def n_known(self) -> int:
-        return int(sum(self.known))
-
-    @property
-    def fraction_known(self) -> float:
-        return self.n_known / max(1, len(self.facts))
-
-    def known_facts(self) -> list[Fact]:
-        return [f for f, k in zip(self.facts, self.known) if k]
-
-    def to_dataframe(self):
-        import pandas as pd
-
-        return pd.DataFrame({
-            "case_id": [f.case_id for f in self.facts],
-            "relation_id": [f.relation_id for f in self.facts],
-            "prompt": [f.prompt for f in self.facts],
-            "target_true": [f.target_true for f in self.facts],
-            "top1": self.top1,
-            "top1_prob": self.top1_prob,
-            "target_prob": self.target_prob,
-            "known": self.known,
-        })
-
-
-@torch.no_grad()
-def check_knowledge(lm: Any, facts: Sequence[Fact], batch_size: int = 32) -> KnowledgeResult:
-    """Which facts ``lm`` knows: top-1 next token after the prompt equals the target's first token.
-
-    Prompts of equal token length are batched; logits are computed at the last position only.
-    """
-    encoded = [lm.encode(f.prompt) for f in facts]
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(encoded):
-        groups[len(ids)].append(i)
-    top1 = [""] * len(facts)
-    top1_p = [0.0] * len(facts)
-    tgt_p = [0.0] * len(facts)
-    known = [False] * len(facts)
-    st = lm.stack
-    for _, idx in sorted(groups.items()):
-        for b in range(0, len(idx), batch_size):
-            chunk = idx[b:b + batch_size]
-            ids = torch.stack([encoded[i] for i in chunk]).to(lm.device)
-            probs = st.logits(st.run(st.embed(ids))[:, -1]).softmax(-1)
-            p_top, i_top = probs.max(-1)
-            for row, i in enumerate(chunk):
-                t0 = lm.continuation_ids(facts[i].target_true)[0]
-                top1[i] = lm.decode(int(i_top[row]))
-                top1_p[i] = float(p_top[row])
-                tgt_p[i] = float(probs[row, t0])
-                known[i] = int(i_top[row]) == t0
-    return KnowledgeResult(model=lm.identity.to_dict(), facts=list(facts), top1=top1, top1_prob=top1_p,
-                           target_prob=tgt_p, known=known)
 
 
 def sample_known_facts(lm: Any, facts: Sequence[Fact], n: int | None) -> list[Fact]:

@@ -13,7 +13,8 @@ puts them before it, as in RAG (Lewis et al. 2020)::
     store.update("fact-3", "The Eiffel Tower is located in the city of Paris.")  # retriever follows
 
 Importing this package loads no model; the dense embedder is loaded on its first search.
-Modules: :mod:`.store`, :mod:`.retrieve`, :mod:`.prompt`, :mod:`.context`.
+Modules: :mod:`.store` (with :mod:`.document` and :mod:`.store_legacy`), :mod:`.retrieve`, :mod:`.prompt`,
+:mod:`.context`.
 
 Fidelity. Reference code: none was used. Lewis et al. (2020) fine-tune a DPR query encoder and a BART
 generator jointly and marginalise over the top-k passages. Deviations, and why:

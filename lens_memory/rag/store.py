@@ -35,6 +35,9 @@ handles on one file in one process as well as in several processes:
 A file that is not a SQLite database, a SQLite database without this store's tables or with another
 format version, and a corrupt JSON store to import all raise :class:`StoreFormatError` naming the
 file, and leave it untouched (nothing is written before the checks pass).
+
+The :class:`Document` record and the errors are in :mod:`lens_memory.rag.document`, the JSON import in
+:mod:`lens_memory.rag.store_legacy`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -44,23 +47,21 @@ import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import ArtifactMismatchError, LensMemoryError
-from ..io import to_jsonable
+from ..errors import LensMemoryError
+from .document import (FORMAT_NAME, Document, DocumentNotFoundError, StoreFormatError, _check_metadata, _check_text,
+                       _now)
+from .store_legacy import LEGACY_FILENAME, LEGACY_JSON_VERSION, _read_legacy_json
 
-__all__ = ["Document", "DocumentStore", "DocumentNotFoundError", "StoreFormatError", "FORMAT_VERSION"]
+__all__ = ["Document", "DocumentStore", "DocumentNotFoundError", "StoreFormatError", "FORMAT_VERSION",
+           "FORMAT_NAME", "LEGACY_FILENAME", "LEGACY_JSON_VERSION"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "lens_memory.rag.DocumentStore"
 FORMAT_VERSION = 2  # 1 was the JSON file of earlier versions (imported, see the module docstring); 2 is SQLite
 STORE_FILENAME = "store.sqlite"
-LEGACY_FILENAME = "store.json"  # a directory's store in earlier versions
-LEGACY_JSON_VERSION = 1
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL);
@@ -71,82 +72,6 @@ CREATE TABLE history (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, i
 CREATE INDEX history_by_id ON history (id);
 """
 _DOC_COLUMNS = "id, text, metadata, version, created, updated"
-
-
-class DocumentNotFoundError(LensMemoryError, KeyError):
-    """No document with the given id is in the store."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0]) if self.args else ""
-
-
-class StoreFormatError(ArtifactMismatchError):
-    """A store file is corrupt, is not a document store, or has an unsupported format version."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """One stored document. ``version`` counts its ADD (1) and every UPDATE since."""
-
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    version: int = 1
-    created: str = ""
-    updated: str = ""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _check_text(text: Any, doc_id: str | None) -> str:
-    if not isinstance(text, str) or not text.strip():
-        where = f" for document {doc_id!r}" if doc_id is not None else ""
-        raise LensMemoryError(f"document text{where} must be a non-empty string, got {text!r}")
-    return text
-
-
-def _check_metadata(metadata: Any, doc_id: str | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise LensMemoryError(f"metadata of document {doc_id!r} must be a dict, got {metadata!r}")
-    clean = to_jsonable(metadata)
-    try:
-        json.dumps(clean)
-    except (TypeError, ValueError) as exc:
-        raise LensMemoryError(f"metadata of document {doc_id!r} is not JSON-serialisable: "
-                              f"{metadata!r} ({exc})") from None
-    return clean
-
-
-def _read_legacy_json(p: Path) -> dict[str, Any]:
-    """Read and check a JSON store of format version 1 (earlier lens_memory); the file is only read."""
-    try:
-        data = json.loads(p.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoreFormatError(f"document store {p} is corrupt: not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise StoreFormatError(f"{p} is not a lens_memory document store (no 'format': {FORMAT_NAME!r})")
-    if data.get("version") != LEGACY_JSON_VERSION:
-        raise StoreFormatError(f"JSON document store {p} has format version {data.get('version')!r}; "
-                               f"this lens_memory imports JSON stores of version {LEGACY_JSON_VERSION}")
-    try:
-        docs: dict[str, Document] = {}
-        for d in data["documents"]:
-            doc = Document(*(d[k] for k in ("id", "text", "metadata", "version", "created", "updated")))
-            if not isinstance(doc.id, str) or not doc.id or doc.id in docs:
-                raise ValueError(f"bad or duplicate document id {doc.id!r}")
-            if not isinstance(doc.metadata, dict) or not isinstance(doc.version, int):
-                raise ValueError(f"bad metadata or version of document {doc.id!r}")
-            docs[doc.id] = doc
-            _check_text(doc.text, doc.id)
-        history = [{k: h[k] for k in ("op", "id", "time", "version")} for h in data["history"]]
-        next_auto, version = int(data["next_auto_id"]), int(data["store_version"])
-    except (KeyError, TypeError, ValueError, LensMemoryError) as exc:
-        raise StoreFormatError(f"document store {p} is corrupt ({type(exc).__name__}: {exc})") from None
-    return {"documents": list(docs.values()), "history": history, "next_auto_id": next_auto, "store_version": version}
 
 
 def _row_to_doc(row: tuple) -> Document:
