@@ -10,11 +10,12 @@ Workflow::
 
 Modules: :mod:`.weights` (the MLP as key-value memory), :mod:`.stats` (key second moments),
 :mod:`.targets` (edit prompts and target optimisation), :mod:`.solve` (closed forms),
-:mod:`.rome`, :mod:`.memit`, :mod:`.artifact` (the :class:`Edit`), :mod:`.evaluate`.
+:mod:`.rome`, :mod:`.memit`, :mod:`.artifact` (the :class:`Edit`). Evaluation (for edits and every other
+artifact) is :mod:`lens_memory.harness`; ``evaluate_edits`` and its config are re-exported here.
 """
 
+from ..harness import EditEvaluation, EvalConfig, evaluate_edits
 from .artifact import Edit, EditHandle, applied
-from .evaluate import EditEvaluation, EvalConfig, evaluate_edits
 from .memit import MemitConfig, memit
 from .rome import RomeConfig, rome
 from .stats import KeyStats, StatsConfig, key_statistics

@@ -1,4 +1,4 @@
-"""What a KV memory costs and whether it is exact: timing, bytes, and the prefix-equivalence check.
+"""Whether a KV memory is exact, and which layers must carry it.
 
 * :func:`exactness_check` -- a causal model's keys and values of a text prefix are exactly what
   a dense memory of that text stores, so a one-reference dense memory attached at every layer
@@ -6,29 +6,30 @@
   sequence. Returns the largest absolute logit difference over the query's tokens: at most 3.2e-5 on
   Gemma 3 270M for 10 built-in counterfactual references and their prompts.
 * :func:`memory_layer_sweep` -- which layers must carry a fact's memory for the model to use it.
-* :func:`measure_cost` -- per condition (any artifact with ``apply(lm)``, or ``None``): prefill
-  milliseconds (a forward pass over the prompt producing the first token), decode milliseconds
-  per further token (cached greedy generation), and the context tokens the model reads.
 
-Knowledge effects (efficacy, paraphrase, neighbourhood with the memory attached) use the same
-:func:`~lens_memory.edit.evaluate.evaluate_edits` as the weight edits, one artifact per fact.
+Cost (prefill and decode time, context tokens, bytes; :func:`~lens_memory.harness.measure_cost`) and
+knowledge effects (efficacy, paraphrase, neighbourhood with the memory attached;
+:func:`~lens_memory.harness.evaluate_edits`, one artifact per fact) are measured by
+:mod:`lens_memory.harness`, the same way as for weight edits. ``lens_memory.memory.evaluate.measure_cost``
+still works for one release and warns ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from .._moved import moved
 from ..errors import LensMemoryError
 from .bank import MemoryConfig, encode_memory
 
-__all__ = ["exactness_check", "measure_cost", "memory_layer_sweep", "MemoryLayerSweep"]
+__all__ = ["exactness_check", "memory_layer_sweep", "MemoryLayerSweep"]
+
+__getattr__ = moved(__name__, {"measure_cost": "lens_memory.harness",
+                               "_generate_seconds": "lens_memory.harness.cost"})
 
 
 @torch.no_grad()
@@ -56,49 +57,6 @@ def exactness_check(lm: Any, reference: str, query: str) -> float:
         with bank.apply(lm):
             mem = lm.hf(input_ids=q_ids[None].to(lm.device)).logits[0, 1:]
     return float((text.double() - mem.double()).abs().max())
-
-
-@torch.no_grad()
-def _generate_seconds(lm: Any, ids: torch.Tensor, n_new: int) -> float:
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    t0 = time.perf_counter()
-    lm.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, min_new_tokens=n_new,
-                   do_sample=False, pad_token_id=pad)
-    return time.perf_counter() - t0
-
-
-def measure_cost(lm: Any, prompts: Sequence[str], artifacts: Sequence[Any] | None = None, *, new_tokens: int = 16,
-                 repeats: int = 1) -> dict[str, float]:
-    """Median prefill ms, decode ms/token and context tokens of ``prompts`` (prompt ``i`` with ``artifacts[i]``).
-
-    The first call warms up (not counted). ``artifacts[i]`` may be ``None`` (the plain model).
-    """
-    if not prompts:
-        raise LensMemoryError("measure_cost needs at least one prompt")
-    if new_tokens < 2:
-        raise LensMemoryError(f"new_tokens must be >= 2, got {new_tokens!r}")
-    arts = list(artifacts) if artifacts is not None else [None] * len(prompts)
-    if len(arts) != len(prompts):
-        raise LensMemoryError(f"{len(arts)} artifacts for {len(prompts)} prompts")
-    prefill, decode, ctx_tokens, attach = [], [], [], []
-    for i, (p, a) in enumerate(zip(prompts, arts)):
-        t0 = time.perf_counter()
-        handle = a.apply(lm) if a is not None else contextlib.nullcontext()
-        attach.append(time.perf_counter() - t0)
-        with handle:
-            ids = lm.encode(p)[None].to(lm.device)
-            if i == 0:
-                _generate_seconds(lm, ids, 2)  # warm-up
-            for _ in range(repeats):
-                t1 = _generate_seconds(lm, ids, 1)
-                tn = _generate_seconds(lm, ids, new_tokens)
-                prefill.append(t1)
-                decode.append(max(tn - t1, 0.0) / (new_tokens - 1))
-            ctx_tokens.append(int(ids.shape[1]))
-    return {"prefill_ms": 1000 * statistics.median(prefill), "decode_ms_per_token": 1000 * statistics.median(decode),
-            "context_tokens": statistics.mean(ctx_tokens), "attach_ms": 1000 * statistics.median(attach),
-            "n_prompts": len(prompts), "new_tokens": new_tokens}
 
 
 @dataclass
@@ -143,12 +101,12 @@ def memory_layer_sweep(lm: Any, facts: Sequence[Any], layer_sets: Sequence[Seque
     """Which layers must carry a fact's memory? Efficacy, paraphrase and neighbourhood per layer set.
 
     Each fact's counterfactual reference (:func:`~lens_memory.rag.fact_documents`) is encoded once per
-    layer set, attached alone while that fact is scored (as :func:`~lens_memory.edit.evaluate.evaluate_edits`
+    layer set, attached alone while that fact is scored (as :func:`~lens_memory.harness.evaluate_edits`
     with ``per_fact=True``), dense and at each ``top_k``.
     """
     from tqdm.auto import tqdm
 
-    from ..edit.evaluate import EvalConfig, evaluate_edits
+    from ..harness import EvalConfig, evaluate_edits
     from ..rag import fact_documents
 
     docs = fact_documents(facts)

@@ -191,7 +191,7 @@ def run_edit(lm: Any, facts: Sequence[Any], dev_facts: Sequence[Any], method: st
     """The CLI's edit workflow: layers (given, traced on ``dev_facts``, or the model's default), fit, evaluate."""
     from ..edit.memit import default_layers
     from ..edit.rome import default_layer
-    from ..edit import evaluate_edits
+    from ..harness import evaluate_edits
 
     t = time.time()
     suggestion = trace_pre = None

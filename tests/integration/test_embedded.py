@@ -5,7 +5,6 @@ import json
 import pytest
 
 from lens_memory.facts import builtin_facts, check_knowledge
-from lens_memory.trace import TraceConfig, trace_facts
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ def test_dense_memory_equals_text_prefix_on_gemma(gemma):
 
 @torch.no_grad()
 def test_memory_moves_the_answer_and_detaches_exactly(gemma):
-    from lens_memory.memory import MemoryConfig, encode_memory
+    from lens_memory.memory import encode_memory
 
     ids = gemma.encode(QUERY)[None]
     rome, paris = gemma.continuation_ids("Rome")[0], gemma.continuation_ids("Paris")[0]

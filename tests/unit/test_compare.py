@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from lens_memory.compare import CompareConfig, Comparison, Mechanism, artifact_nbytes, compare_mechanisms, reversibility
-from lens_memory.edit.evaluate import EvalConfig, evaluate_edits
+from lens_memory.compare import CompareConfig, Comparison, Mechanism, compare_mechanisms
 from lens_memory.errors import LensMemoryError
 from lens_memory.facts import builtin_facts, spread_facts
+from lens_memory.harness import EvalConfig, artifact_nbytes, evaluate_edits, reversibility
 from lens_memory.memory import encode_memory
 from lens_memory.rag import ContextArtifact, fact_documents
 from lens_memory.steer.fact_vector import FactVectorConfig, fact_vectors

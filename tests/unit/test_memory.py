@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from lens_memory.errors import ArtifactMismatchError, InputTooLongError, LensMemoryError
+from lens_memory.harness import measure_cost
 from lens_memory.memory import EmptyReferenceError, MemoryBank, MemoryConfig, encode_memory
 from lens_memory.memory.attention import attention_profile, compare_attention
-from lens_memory.memory.evaluate import exactness_check, measure_cost
+from lens_memory.memory.evaluate import exactness_check
 from lens_memory.rag import ContextArtifact
 
 REF = "The Eiffel Tower is located in the city of Rome. It was built long ago."  # longer than the window (4)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import lens_memory.metrics as metrics
-from lens_memory.edit import EditEvaluation, EvalConfig, RomeConfig, StatsConfig, evaluate_edits, key_statistics, rome
+from lens_memory.edit import RomeConfig, StatsConfig, key_statistics, rome
 from lens_memory.errors import LensMemoryError
 from lens_memory.facts import Fact
+from lens_memory.harness import EditEvaluation, EvalConfig, evaluate_edits
 from lens_memory.metrics import (TargetScores, fact_scores, generation_entropy, mean_ci, ngram_entropy,
                                  prompt_set_metrics, rome_generation_text, score_s, score_targets, target_probability,
                                  tfidf_similarity, word_tokenize)
@@ -199,7 +200,7 @@ def test_evaluate_edits_before_after_and_round_trip(tiny, tmp_path):
 
 
 def test_evaluate_edits_rome_length_counts_the_prompt(tiny, monkeypatch):
-    import lens_memory.edit.evaluate as ev_mod
+    import lens_memory.harness.knowledge as ev_mod
 
     calls = []
     real = ev_mod.generate
