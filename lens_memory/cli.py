@@ -231,7 +231,7 @@ def _cmd_edit(args) -> dict:
 def _cmd_steer(args) -> dict:
     from .models import load_model
     from .steer.evaluate import SteerEvalConfig
-    from .steer.pipeline import DEFAULT_STRENGTHS, run_steering
+    from .workflows.steer import DEFAULT_STRENGTHS, run_steering
 
     try:
         strengths = (tuple(float(x) for x in args.strengths.split(",")) if args.strengths
@@ -247,7 +247,7 @@ def _cmd_steer(args) -> dict:
 
 def _cmd_memory(args) -> dict:
     from .facts import load_facts, sample_known_facts
-    from .memory.pipeline import run_memory
+    from .workflows.memory import run_memory
     from .models import load_model
 
     layers = args.layers

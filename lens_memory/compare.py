@@ -23,7 +23,7 @@ mechanism it measures:
 
 The result is a :class:`Comparison` with one row per mechanism. Its knowledge and cost parts come from
 :func:`~lens_memory.harness.knowledge_rows` and :func:`~lens_memory.harness.cost_rows`, which
-``lens-memory memory`` (:func:`~lens_memory.memory.pipeline.run_memory`) uses for its RAG / dense / sparse
+``lens-memory memory`` (:func:`~lens_memory.workflows.memory.run_memory`) uses for its RAG / dense / sparse
 conditions too.
 ``lens_memory.compare.reversibility`` and ``.artifact_nbytes`` still work for one release and warn
 ``DeprecationWarning``.

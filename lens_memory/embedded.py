@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import ModelUnavailableError
-from .io import read_json, sha256_file, write_json
+from .io import read_json, sha256_file, write_json, swap_dir
 
 __all__ = ["cache_root", "embedded_dir", "load_embedded", "convert_embedded", "verify_cache", "EMBEDDED",
            "EmbeddedSpec"]
@@ -170,9 +169,7 @@ def convert_embedded(cache_dir: str | Path | None = None, name: str = "gemma-3-2
             "files": files,
             "convert_seconds": round(time.time() - t0, 1),
         })
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+        swap_dir(out, target, target.with_name(f"{target.name}.old-{os.getpid()}"))
     log.info("converted embedded model %s into %s in %.0f s", name, target, time.time() - t0)
     return target
 

@@ -41,7 +41,7 @@ next-token logits moved while the artifact was applied.
 :func:`lens_memory.compare.compare_mechanisms` runs all three for named sets of artifacts and puts one
 row per mechanism in a table; :mod:`.rows` (:func:`knowledge_rows`, :func:`cost_rows`) builds the knowledge
 and cost parts of such rows, for it and for ``lens-memory memory``
-(:func:`~lens_memory.memory.pipeline.run_memory`).
+(:func:`~lens_memory.workflows.memory.run_memory`).
 
 The harness sits below the mechanisms: it imports none of them (:mod:`lens_memory.edit`,
 :mod:`lens_memory.memory`, ...), and they may import it.

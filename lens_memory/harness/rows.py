@@ -1,7 +1,7 @@
 """Rows of a comparison table: knowledge and cost per named set of artifacts, built once for every caller.
 
 :func:`~lens_memory.compare.compare_mechanisms` (every mechanism) and
-:func:`~lens_memory.memory.pipeline.run_memory` (RAG, dense and sparse KV memory) both build their
+:func:`~lens_memory.workflows.memory.run_memory` (RAG, dense and sparse KV memory) both build their
 knowledge rows with :func:`knowledge_rows` and their cost rows with :func:`cost_rows`. A condition is a name
 and its artifacts; ``per_fact`` says whether artifact ``i`` belongs to fact ``i`` (applied alone for it) or
 all of a condition's artifacts are applied together.

@@ -249,7 +249,7 @@ def _stage_edit(method: str):
 
 
 def _stage_memory(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path) -> dict[str, Any]:
-    from ..memory.pipeline import run_memory
+    from ..workflows.memory import run_memory
 
     return run_memory(model(), _facts(runner), d, top_k=cfg.top_k, n_attention=cfg.n_attention, n_cost=cfg.cost_facts,
                       fluency_facts=0, seed=cfg.seed, sweep=cfg.memory_sweep, knowledge=False)
@@ -321,7 +321,7 @@ def _stage_compare(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Pat
 def _stage_steer(method: str):
     def stage(model: _Model, cfg: ReportConfig, runner: StageRunner, d: Path) -> dict[str, Any]:
         from ..steer.evaluate import SteerEvalConfig
-        from ..steer.pipeline import run_steering
+        from ..workflows.steer import run_steering
 
         ecfg = SteerEvalConfig(strengths=tuple(cfg.steer_strengths[method]), n_prompts=cfg.steer_prompts,
                                gen_tokens=cfg.steer_tokens, seed=cfg.seed, split="test")

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..hooks import hook_name
 from ..errors import LensMemoryError
 
 __all__ = ["SAEConfigError", "SAETrainConfig", "resid_post_hook"]
@@ -33,7 +34,7 @@ class SAEConfigError(LensMemoryError, ValueError):
 
 def resid_post_hook(layer: int) -> str:
     """``blocks.{layer}.hook_resid_post``: the residual stream after block ``layer``."""
-    return f"blocks.{layer}.hook_resid_post"
+    return hook_name(layer, "resid_post")
 
 
 def _hook_layer(hook: str) -> int:

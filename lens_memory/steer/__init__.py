@@ -22,6 +22,7 @@ from __future__ import annotations
 # Eager imports of our own light modules (sae-lens itself is imported only when an SAE is used),
 # so that the functions ``caa``, ``sta``, ``lm_steer`` and ``decompose`` are not shadowed by the
 # submodules of the same name.
+from .._moved import moved
 from .activations import ContrastActivations, contrast_activations
 from .behaviors import ABItem, Behavior, BehaviorFormatError, ContrastPair, builtin_behaviors, load_behavior
 from .caa import CAAConfig, LayerSweep, caa, caa_layer_sweep
@@ -29,7 +30,6 @@ from .decompose import Decomposition, decompose, edit_direction, label_features
 from .evaluate import (PromptingBaseline, SteerEvalConfig, SteeringEvaluation, behavior_probability,
                        evaluate_steering)
 from .lm_steer import LMSteer, LMSteerConfig, lm_steer
-from .pipeline import run_steering
 from ..sae import SAETrainConfig, TrainedSAE, check_sae, load_pretrained_sae, sae_quality, train_sae
 from .sta import STAConfig, feature_differences, sta
 from .vector import SteeringNaNError, SteeringVector
@@ -38,5 +38,8 @@ __all__ = ["ContrastActivations", "contrast_activations", "ABItem", "Behavior", 
            "builtin_behaviors", "load_behavior", "CAAConfig", "LayerSweep", "caa", "caa_layer_sweep", "Decomposition",
            "decompose", "edit_direction", "label_features", "PromptingBaseline", "SteerEvalConfig",
            "SteeringEvaluation", "behavior_probability", "evaluate_steering", "LMSteer", "LMSteerConfig", "lm_steer",
-           "run_steering", "SAETrainConfig", "TrainedSAE", "check_sae", "load_pretrained_sae", "sae_quality",
+           "SAETrainConfig", "TrainedSAE", "check_sae", "load_pretrained_sae", "sae_quality",
            "train_sae", "STAConfig", "feature_differences", "sta", "SteeringNaNError", "SteeringVector"]
+
+#: the steering workflow moved to lens_memory.workflows.steer; the old name warns for one release
+__getattr__ = moved("lens_memory.steer", {"run_steering": "lens_memory.workflows.steer"})

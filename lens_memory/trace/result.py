@@ -9,7 +9,6 @@ al. (2022), Fig. 2, with 95% normal intervals over facts.
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ArtifactMismatchError
 from ..facts import Fact
-from ..io import load_tensors, read_json, save_tensors, write_json
 
 __all__ = ["FactTrace", "TraceResult", "CATEGORIES", "token_categories", "AIE", "LayerSuggestion"]
 
@@ -219,57 +216,25 @@ class TraceResult:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``trace.json`` + ``scores.safetensors`` into directory ``path`` (atomically).
+        """Write ``trace.json`` + ``trace.safetensors`` into directory ``path`` (atomically).
 
         An existing ``path`` is replaced only if it is empty or a saved trace result: anything else
-        raises :class:`~lens_memory.errors.ArtifactMismatchError` and is left untouched. The old
-        result is renamed aside before the new one moves in, so a kill loses neither.
+        raises :class:`~lens_memory.errors.ArtifactMismatchError` and is left untouched
+        (:func:`~lens_memory.artifacts.save_artifact`).
         """
-        path = Path(path)
-        if path.exists() and not _replaceable(path):
-            raise ArtifactMismatchError(f"refusing to replace {path}: it is not a lens_memory trace result "
-                                        f"(choose another directory)")
-        tmp = path.with_name(f".{path.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        from ..artifacts import save_artifact
+
         tensors = {f"{i}/{k}": v.float() for i, t in enumerate(self.traces) for k, v in t.scores.items()}
-        save_tensors(tmp / "scores.safetensors", tensors)
-        write_json(tmp / "trace.json", {"format": "lens_memory.trace/1", "provenance": self.provenance,
-                                        "n_facts": self.n_facts, "n_known": self.n_known, "extra": self.extra,
-                                        "traces": [t.meta() for t in self.traces]})
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        if old.exists():
-            shutil.rmtree(old)
-        return path
+        return save_artifact(path, "trace", {"provenance": self.provenance, "n_facts": self.n_facts,
+                                             "n_known": self.n_known, "extra": self.extra,
+                                             "traces": [t.meta() for t in self.traces]}, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceResult":
-        path = Path(path)
-        meta = read_json(path / "trace.json")
-        if meta.get("format") != "lens_memory.trace/1":
-            raise ArtifactMismatchError(f"{path} is not a lens_memory trace result (format {meta.get('format')!r})")
-        tensors = load_tensors(path / "scores.safetensors")
+        from ..artifacts import load_artifact, require
+
+        meta, tensors = load_artifact(path, "trace")
+        require(meta, ("provenance", "traces", "n_facts", "n_known"), path)
         traces = [FactTrace.from_meta(m, tensors, f"{i}/") for i, m in enumerate(meta["traces"])]
         return cls(provenance=meta["provenance"], traces=traces, n_facts=meta["n_facts"], n_known=meta["n_known"],
                    extra=meta.get("extra", {}))
-
-
-def _replaceable(path: Path) -> bool:
-    """An empty directory, or one holding a saved trace result (and nothing else of the user's)."""
-    if not path.is_dir():
-        return False
-    names = {p.name for p in path.iterdir()}
-    if not names:
-        return True
-    if not names <= {"trace.json", "scores.safetensors"} or "trace.json" not in names:
-        return False
-    try:
-        return read_json(path / "trace.json").get("format") == "lens_memory.trace/1"
-    except Exception:
-        return False

@@ -77,6 +77,30 @@ def _missing_key(lm, tmp):
     Edit.load(tmp / "e")
 
 
+def _foreign_stats(lm):
+    """Defect 7: key statistics of a model with other weights under the same name."""
+    from lens_memory.corpus import load_corpus
+    from lens_memory.edit import RomeConfig, key_statistics, rome
+    from lens_memory.edit.stats import StatsConfig
+    from lens_memory.models import load_model
+
+    corpus = load_corpus(["The tower stands in the old city near the river."] * 20)
+    other = load_model("tiny", seed=1)
+    st = key_statistics(other, 1, StatsConfig(n_tokens=64, seq_len=16), corpus=corpus, use_cache=False)[1]
+    rome(lm, _fact(), RomeConfig(layer=1, v_steps=1), stats=st)
+
+
+def _sae_of_another_hook(lm):
+    """Defect 7: an SAE trained at another hook than the direction's."""
+    from types import SimpleNamespace
+
+    from lens_memory.steer import decompose
+
+    sae = SimpleNamespace(cfg=SimpleNamespace(metadata=SimpleNamespace(hook_name="blocks.0.hook_resid_post")),
+                          W_dec=torch.randn(8, lm.d_model))
+    decompose(_vec(lm), sae, k=2)
+
+
 def _cli(*argv):
     from lens_memory.cli import main
 
@@ -182,6 +206,10 @@ ROWS: list[Row] = [
     Row("empty memory reference", lambda lm, t: __import__("lens_memory.memory", fromlist=["x"]).encode_memory(lm, ["  "]),
         LensMemoryError, "'  '"),
     Row("memory subset unknown id", lambda lm, t: _bank(lm).subset(["nope"]), LensMemoryError, "'nope'"),
+    Row("rome with key statistics of other weights", lambda lm, t: _foreign_stats(lm), LensMemoryError,
+        "not on 'tiny''s current weights"),
+    Row("decompose with an SAE of another hook", lambda lm, t: _sae_of_another_hook(lm), LensMemoryError,
+        "trained at 'blocks.0.hook_resid_post'"),
     # retrieval
     Row("unknown retriever", lambda lm, t: __import__("lens_memory.rag", fromlist=["x"]).get_retriever("tfidf", _store(t)),
         LensMemoryError, "'tfidf'"),
@@ -220,3 +248,9 @@ def test_bad_input(row: Row, tiny, tmp_path, capsys):
     if row.error is SystemExit:
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("lens-memory: error:") or "usage:" in err[0], err
+
+
+def test_models_needs_no_out(capsys):
+    """Defect 10: `models` required --out and failed only after its work."""
+    _cli("models")
+    assert '"command": "models"' in capsys.readouterr().out

@@ -305,7 +305,7 @@ def test_memory_cli_on_the_tiny_model(tmp_path):
 
 @pytest.mark.parametrize("split", ["test", "dev"])
 def test_memory_cli_draws_facts_from_the_requested_split(tmp_path, monkeypatch, split):
-    import lens_memory.memory.pipeline as pipeline
+    import lens_memory.workflows.memory as pipeline
     from lens_memory.cli import main
     from lens_memory.facts import fact_split
 
