@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..cache import file_lock
 from ..errors import LensMemoryError
 from .document import (FORMAT_NAME, Document, DocumentNotFoundError, StoreFormatError, _check_metadata, _check_text,
                        _now)
@@ -153,14 +154,18 @@ class DocumentStore:
             return
         if legacy_data is None and legacy is not None and legacy.is_file():
             legacy_data = _read_legacy_json(legacy)
-        self._conn.execute("PRAGMA journal_mode = WAL")  # persistent; cannot change inside a transaction
-        with self._write() as c:
-            if self._schema_state() == "ours":  # another handle created it while we waited for the lock
+        # Creation is serialised by a file lock: switching a fresh file to WAL ignores the busy timeout, so two
+        # processes creating the same store at once failed with "database is locked" (6 processes: 2 of 90 opens).
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            if self._schema_state() == "ours":  # another process created it while we waited for the lock
+                self._conn.execute("PRAGMA journal_mode = WAL")
                 return
-            # statement by statement: executescript() would COMMIT the transaction first
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                c.execute(statement)
-            self._init_meta(c, legacy_data)
+            self._conn.execute("PRAGMA journal_mode = WAL")  # persistent; cannot change inside a transaction
+            with self._write() as c:
+                # statement by statement: executescript() would COMMIT the transaction first
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    c.execute(statement)
+                self._init_meta(c, legacy_data)
         if legacy_data is not None:
             log.info("imported %d documents from the JSON store %s into %s", len(legacy_data["documents"]),
                      legacy, self.path)
