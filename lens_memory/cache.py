@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import LensMemoryError
-from .io import pid_alive, read_json, sha256_file, swap_dir, to_jsonable, write_json
+from .io import pid_alive, read_json, remove_if_orphaned, sha256_file, swap_dir, to_jsonable, write_json
 
 try:  # POSIX only; elsewhere entries are still atomic and live partials still spared (pid check)
     import fcntl
@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["HASH_LIMIT", "CacheLockTimeout", "content_key", "make_manifest", "verify_manifest",
-           "pid_alive", "file_lock", "sweep_partials", "read_entry", "publish_dir", "cached"]
+           "pid_alive", "file_lock", "sweep_partials", "read_entry", "publish_dir", "store_entry", "cached"]
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,10 @@ def sweep_partials(path: str | Path) -> list[Path]:
     removed = []
     for kind in ("partial", "old"):
         for p in path.parent.glob(f"{path.name}.{kind}-*"):
-            pid = p.name.rsplit("-", 1)[1]
-            if not pid.isdigit():
-                continue
-            if int(pid) != os.getpid() and pid_alive(int(pid)):
-                log.warning("keeping %s: process %s, which writes it, is still running", p, pid)
-                continue
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed.append(p)
+            if remove_if_orphaned(p, p.name.rsplit("-", 1)[1], own=True):
+                removed.append(p)
+            elif p.name.rsplit("-", 1)[1].isdigit():
+                log.warning("keeping %s: the process that writes it is still running", p)
     return removed
 
 
@@ -228,12 +224,24 @@ def cached(path: str | Path, key: Any, compute: Callable[[], T], load: Callable[
                 return load(path)
             except Exception as exc:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
                 log.warning("%s: cached entry unreadable (%s); recomputing", path, exc)
-        sweep_partials(path)
         value = compute()
-
-        def fill(d: Path) -> dict[str, Any]:
-            save(value, d)
-            return {"key": k}
-
-        publish_dir(path, fill)
+        _publish_entry(path, k, lambda d: save(value, d))
         return value
+
+
+def _publish_entry(path: Path, key: str, write: Callable[[Path], Any]) -> dict[str, Any]:
+    """Sweep dead writers' leftovers, then publish ``write(dir)``'s outputs under ``key`` (lock held)."""
+    sweep_partials(path)
+    return publish_dir(path, lambda d: (write(d), {"key": key})[1])
+
+
+def store_entry(path: str | Path, key: str, write: Callable[[Path], Any], *,
+                lock_timeout: float | None = None) -> dict[str, Any]:
+    """Publish a cache entry whose (already hashed) ``key`` and outputs the caller computed, under ``PATH.lock``.
+
+    For callers that compute several entries in one pass (key statistics of several layers) and so
+    cannot use :func:`cached`'s compute-per-entry protocol.
+    """
+    path = Path(path)
+    with file_lock(path.with_name(path.name + ".lock"), timeout=lock_timeout):
+        return _publish_entry(path, key, write)

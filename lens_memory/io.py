@@ -26,6 +26,7 @@ __all__ = [
     "pid_alive",
     "readable_mode",
     "sweep_orphans",
+    "remove_if_orphaned",
     "swap_dir",
     "write_json",
     "write_bytes",
@@ -98,18 +99,27 @@ def swap_dir(new: Path, path: Path, old: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_if_orphaned(p: Path, pid: str, *, own: bool = False) -> bool:
+    """Delete leftover ``p`` (file or directory) if its writer ``pid`` is gone; return whether it was.
+
+    ``own=True`` also deletes this process's own leftover (callers holding a lock, whose earlier
+    attempt failed); otherwise it is kept, as another thread of this process may be writing it.
+    """
+    if not pid.isdigit() or (int(pid) == os.getpid() and not own):
+        return False
+    if int(pid) != os.getpid() and pid_alive(int(pid)):
+        return False
+    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return True
+
+
 def sweep_orphans(parent: Path, prefix: str) -> int:
     """Delete ``parent/prefix<pid>-*`` leftovers whose writing process is gone (a kill mid-write).
 
     Temporary names carry the writer's pid, so a live writer's file is never touched.
     """
-    removed = 0
-    for p in parent.glob(f"{glob.escape(prefix)}*"):
-        pid = p.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return sum(remove_if_orphaned(p, p.name[len(prefix):].split("-", 1)[0])
+               for p in parent.glob(f"{glob.escape(prefix)}*"))
 
 
 @contextlib.contextmanager

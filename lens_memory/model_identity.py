@@ -1,7 +1,7 @@
 """Model identity: what a result was computed on (:class:`ModelIdentity`), and :func:`state_dict_sha256`.
 
 Every result records its model's identity as provenance; artifacts compare identities
-(:meth:`ModelIdentity.same_model`: name and weight hash) before they are applied to a model.
+(:meth:`ModelIdentity.same_model`: by weight hash) before they are applied to a model.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class ModelIdentity:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def same_model(self, other: "ModelIdentity") -> bool:
-        """True when both identities describe the same weights (name and hash)."""
-        return self.name == other.name and self.weight_hash == other.weight_hash
+        """True when both identities describe the same weights (by hash: a renamed copy is the same model)."""
+        return self.weight_hash == other.weight_hash
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

@@ -104,9 +104,8 @@ def check_identity(recorded: dict[str, Any] | None, lm: Any, what: str) -> None:
     """
     if not recorded:
         return
-    theirs = str(recorded.get("weight_hash", ""))
-    mine = lm.identity.weight_hash
-    if theirs != mine:
+    theirs, mine = str(recorded.get("weight_hash", "")), lm.identity.weight_hash
+    if theirs != mine:  # the rule of ModelIdentity.same_model, on a record that may lack other fields
         raise ArtifactMismatchError(
             f"{what} was computed on {recorded.get('name')!r} (weights {theirs[:12] or 'unknown'}), "
             f"not on {lm.name!r} (weights {mine[:12]})")

@@ -144,11 +144,9 @@ def _cached_stats(entry: Path, key: str) -> "KeyStats | None":
 
 def _store_stats(entry: Path, key: str, st: "KeyStats") -> None:
     """Publish ``st`` as cache ``entry`` (under its lock; a concurrent writer's partial is never deleted)."""
-    from ..cache import file_lock, publish_dir, sweep_partials
+    from ..cache import store_entry
 
-    with file_lock(entry.with_name(entry.name + ".lock")):
-        sweep_partials(entry)
-        publish_dir(entry, lambda d: (st.save(d / "stats"), {"key": key})[1])
+    store_entry(entry, key, lambda d: st.save(d / "stats"))
 
 
 def _matches(st: KeyStats, lm: Any, corpus: Corpus, layer: int, cfg: StatsConfig) -> bool:

@@ -147,9 +147,7 @@ class LMSteer:
 
         artifact_id = "lm_steer:" + tensor_sha256(self.P.float()) + tensor_sha256(self.Q.float())
         refuse_twice(lm, self, artifact_id)
-        hd = lm.bridge.hook_dict[self.hook].register_forward_hook(hook)
-        hd.strength = s
-        return SteeringHandle(self, lm, hd, artifact_id)
+        return SteeringHandle(self, lm, lm.bridge.hook_dict[self.hook].register_forward_hook(hook), artifact_id, s)
 
     def matrix(self) -> Float[torch.Tensor, "d_model d_model"]:
         """``W = P Qᵀ``, acting on output embeddings (``e -> e + ε W e``); the hidden-state map is ``Wᵀ``."""

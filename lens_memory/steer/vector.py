@@ -166,7 +166,7 @@ class SteeringVector:
         refuse_twice(lm, self, self.vector_id)
         positions = self.default_positions if positions is None else positions
         add = HookAddition(lm, {self.hook_name(l): v for l, v in self.vectors.items()}, strength, positions)
-        return SteeringHandle(self, lm, add)
+        return SteeringHandle(self, lm, add, strength=add.strength)
 
     def scaled(self, factor: float) -> "SteeringVector":
         return SteeringVector(self.method, {l: v * factor for l, v in self.vectors.items()}, self.behavior,
@@ -204,9 +204,10 @@ class SteeringHandle(Handle):
 
     kind = "steering"
 
-    def __init__(self, vector: Any, lm: Any, addition: Any, artifact_id: str | None = None):
+    def __init__(self, vector: Any, lm: Any, addition: Any, artifact_id: str | None = None,
+                 strength: float | None = None):
         super().__init__(vector, lm, addition.remove)
         self.vector = vector
-        self.strength = getattr(addition, "strength", None)
+        self.strength = strength if strength is not None else addition.strength
         self.artifact_id = artifact_id if artifact_id is not None else getattr(vector, "vector_id", None)
         self._activate()
