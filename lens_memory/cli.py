@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .parallel.cli_options import add_cluster_args, cluster, executor_from_args
+
 __all__ = ["main"]
 
 log = logging.getLogger("lens_memory")
@@ -65,6 +67,7 @@ def _add_figures(sub: Any) -> None:
 def _add_trace(sub: Any) -> None:
     t = sub.add_parser("trace", help="causal tracing (Meng et al. 2022)")
     _common(t)
+    add_cluster_args(t)
     _facts_args(t)
     t.add_argument("--kinds", default="hidden,mlp,attn",
                    help="comma list of hidden,mlp,attn,hidden_sever_mlp,hidden_sever_attn")
@@ -83,6 +86,7 @@ def _add_trace(sub: Any) -> None:
 def _add_edit(sub: Any) -> None:
     e = sub.add_parser("edit", help="ROME / MEMIT fact editing with CounterFact-style evaluation")
     _common(e)
+    add_cluster_args(e)
     _facts_args(e)
     e.add_argument("--method", default="rome", choices=["rome", "memit"])
     e.add_argument("--layer", type=int, default=None, help="ROME layer (default: traced suggestion)")
@@ -107,6 +111,7 @@ def _add_edit(sub: Any) -> None:
 def _add_steer(sub: Any) -> None:
     st = sub.add_parser("steer", help="steering vectors: CAA, SAE-based STA, LM-Steer")
     _common(st)
+    add_cluster_args(st)
     st.add_argument("--method", default="caa", choices=["caa", "sta", "lmsteer"])
     st.add_argument("--behavior", default="sentiment", help="'sentiment', 'ocean', or a JSON/CSV file of pairs")
     st.add_argument("--layer", type=int, default=None, help="steering layer (default: measured per model, 10 for gemma-3-270m; else the middle)")
@@ -128,6 +133,7 @@ def _add_steer(sub: Any) -> None:
 def _add_memory(sub: Any) -> None:
     mm = sub.add_parser("memory", help="KV memories (Memory3) vs RAG on counterfactual facts")
     _common(mm)
+    add_cluster_args(mm)
     _facts_args(mm)
     mm.add_argument("--top-k", type=int, default=8, help="tokens kept per head and reference in the sparse memory")
     mm.add_argument("--layers", default="all", help="layers carrying memory: 'all', 'first_half' or a comma list")
@@ -147,6 +153,7 @@ def _add_memory(sub: Any) -> None:
 def _add_report(sub: Any) -> None:
     rp = sub.add_parser("report", help="every memory mechanism on the same facts: one HTML + Markdown report")
     _common(rp)
+    add_cluster_args(rp)
     rp.add_argument("--facts", default="builtin", help="'builtin', or a known-facts / CounterFact JSON path or URL")
     rp.add_argument("--quick", action="store_true", help="a short run (4 facts, small steering evaluation, a smaller SAE)")
     rp.add_argument("--n-facts", type=int, default=None, help="counterfactual facts compared (default 16, quick 4)")
@@ -201,8 +208,9 @@ def _cmd_trace(args) -> dict:
                       window=args.window, seed=args.seed, engine=args.engine)
     facts = load_facts(args.facts, args.limit)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    summary = run_trace(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts),
-                        metric=args.metric, heatmaps=args.heatmaps)
+    with cluster(args, lm):
+        summary = run_trace(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts),
+                            metric=args.metric, heatmaps=args.heatmaps)
     summary.save(args.out)
     return summary.to_dict()
 
@@ -219,11 +227,12 @@ def _cmd_edit(args) -> dict:
         [int(x) for x in args.layers.split(",")] if args.layers else None)
     dev = sample_known_facts(lm, load_facts(args.facts, split="dev"), args.trace_facts) \
         if layers is None and args.trace_facts > 0 else []
-    summary = run_edit(lm, facts, dev, args.method, layers=layers, seed=args.seed, sequential=args.sequential,
-                       corpus=args.corpus, stats_tokens=args.stats_tokens, retrace=not args.no_retrace,
-                       eval_config=EvalConfig(fluency_facts=args.fluency_facts, gen_tokens=args.gen_tokens,
-                                              seed=args.seed),
-                       provenance={"split": args.split, "facts_source": str(args.facts)})
+    with cluster(args, lm):
+        summary = run_edit(lm, facts, dev, args.method, layers=layers, seed=args.seed, sequential=args.sequential,
+                           corpus=args.corpus, stats_tokens=args.stats_tokens, retrace=not args.no_retrace,
+                           eval_config=EvalConfig(fluency_facts=args.fluency_facts, gen_tokens=args.gen_tokens,
+                                                  seed=args.seed),
+                           provenance={"split": args.split, "facts_source": str(args.facts)})
     summary.save(args.out)
     return summary.to_dict()
 
@@ -241,8 +250,9 @@ def _cmd_steer(args) -> dict:
     cfg = SteerEvalConfig(strengths=strengths, n_prompts=args.n_prompts, gen_tokens=args.gen_tokens, seed=args.seed,
                           split=args.split)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    return run_steering(lm, args.method, args.behavior, args.out, layer=args.layer, eval_cfg=cfg, sae=args.sae,
-                        baseline=not args.no_baseline, quick=args.quick, caa_form=args.caa_form)
+    with cluster(args, lm):
+        return run_steering(lm, args.method, args.behavior, args.out, layer=args.layer, eval_cfg=cfg, sae=args.sae,
+                            baseline=not args.no_baseline, quick=args.quick, caa_form=args.caa_form)
 
 
 def _cmd_memory(args) -> dict:
@@ -263,9 +273,10 @@ def _cmd_memory(args) -> dict:
         facts = [f for f in spread_facts(load_facts(args.facts, split=args.split)) if f.target_new][:args.limit]
     else:
         facts = sample_known_facts(lm, load_facts(args.facts, split=args.split), args.limit)
-    return run_memory(lm, facts, args.out, top_k=args.top_k, layers=layers, position=args.position,
-                      n_attention=args.attention_facts, n_cost=args.cost_facts, fluency_facts=args.fluency_facts,
-                      gen_tokens=args.gen_tokens, seed=args.seed, sweep=not args.no_sweep, split=args.split)
+    with cluster(args, lm):
+        return run_memory(lm, facts, args.out, top_k=args.top_k, layers=layers, position=args.position,
+                          n_attention=args.attention_facts, n_cost=args.cost_facts, fluency_facts=args.fluency_facts,
+                          gen_tokens=args.gen_tokens, seed=args.seed, sweep=not args.no_sweep, split=args.split)
 
 
 def _cmd_report(args) -> dict:
@@ -277,7 +288,12 @@ def _cmd_report(args) -> dict:
         over["n_facts"] = args.n_facts
     cfg = ReportConfig.quick_config(**over) if args.quick else ReportConfig(**over)
     stages = tuple(args.stages.split(",")) if args.stages else STAGES
-    return run_report(args.out, cfg, force=args.force, stages=stages)
+    ex = executor_from_args(args)
+    try:
+        return run_report(args.out, cfg, force=args.force, stages=stages, executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
 
 
 def _cmd_models(args) -> dict:

@@ -40,3 +40,7 @@ class ArtifactMismatchError(LensMemoryError):
 
 class DeviceUnavailableError(LensMemoryError, ValueError):
     """The requested device (or dtype) does not exist on this machine or is not a valid name."""
+
+
+class ParallelError(LensMemoryError):
+    """A cluster could not run the work: Ray missing, a worker could not load the model, or workers kept dying."""

@@ -39,6 +39,18 @@ class LensModel:
         self.identity = identity
         self._stack = None
         self.handles: list[Any] = []  # every applied artifact's Handle, in application order
+        self.spec: dict[str, Any] | None = None  # load_model's arguments, so a worker can load the same model
+        self.executor: Any = None  # set by parallel(): where the suite's loops run (None: in this process)
+
+    def parallel(self, address: str | None = None, workers: int = 2, **options: Any) -> Any:
+        """Context manager: the suite's loops on this model run on ``workers`` Ray actors.
+
+        ``address=None`` starts a local Ray instance; ``"auto"`` or ``"ray://host:10001"`` joins a cluster.
+        See :mod:`lens_memory.parallel` (results equal a serial run's) and :class:`~lens_memory.parallel.RayExecutor`.
+        """
+        from .parallel import parallel
+
+        return parallel(self, address, workers, **options)
 
     @property
     def applied_edits(self) -> list[Any]:

@@ -130,6 +130,14 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
     if device_map is not None and (name in BUILDERS or name in _embedded_names()):
         raise ValueError(f"device_map={device_map!r} applies to Hugging Face ids and directories, not to {name!r} "
                          f"(small enough for one device: use device=)")
+    lm = _load(name, device=device, dtype=dtype, cache_dir=cache_dir, seed=seed, device_map=device_map)
+    lm.spec = {"name": name, "dtype": str(dtype).replace("torch.", ""), "seed": seed,
+               "cache_dir": None if cache_dir is None else str(cache_dir), "device_map": device_map}
+    return lm
+
+
+def _load(name: str, *, device: str, dtype: torch.dtype, cache_dir: str | Path | None, seed: int,
+          device_map: str | dict | None) -> LensModel:
     if name in BUILDERS:
         return _builder(name)(seed=seed, dtype=dtype, device=device)
     from .embedded import EMBEDDED, load_embedded

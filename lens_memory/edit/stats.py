@@ -34,7 +34,7 @@ from ..corpus import Corpus, resolve_corpus, token_blocks
 from ..errors import LensMemoryError
 from .weights import key_hook
 
-__all__ = ["StatsConfig", "KeyStats", "key_statistics", "check_stats"]
+__all__ = ["StatsConfig", "KeyStats", "key_statistics", "check_stats", "shard_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class KeyStats:
 
     def _meta(self) -> dict[str, Any]:
         return {"layer": self.layer, "n_tokens": self.n_tokens, "hook": self.hook, "model": self.model,
-                "state_key": self.state_key, "corpus": self.corpus, "config": self.config, "seconds": self.seconds}
+                "state_key": self.state_key, "corpus": self.corpus, "config": self.config, "seconds": self.seconds,
+                "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
         """Write ``key_stats.json`` + ``key_stats.safetensors`` into directory ``path`` atomically."""
@@ -99,7 +100,7 @@ class KeyStats:
         meta, t = load_artifact(path, "key_stats")
         require(meta, ("layer", "n_tokens", "hook", "model", "state_key", "corpus", "config"), path)
         fields_ = {k: meta[k] for k in ("layer", "n_tokens", "hook", "model", "state_key", "corpus", "config",
-                                        "seconds") if k in meta}
+                                        "seconds", "meta") if k in meta}
         return cls(mom2=t["mom2"], mean=t["mean"], **fields_)
 
 
@@ -159,18 +160,26 @@ class _Stop(Exception):
     pass
 
 
+def shard_plan(n_batches: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous batch ranges ``[start, stop)``: ``shards`` of them (at most one per batch), sizes differing by <= 1."""
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise LensMemoryError(f"shards must be a positive integer, got {shards!r}")
+    k = max(1, min(shards, n_batches))
+    cuts = [round(i * n_batches / k) for i in range(k + 1)]
+    return [(cuts[i], cuts[i + 1]) for i in range(k)]
+
+
 @torch.no_grad()
-def _estimate(lm: Any, layers: list[int], corpus: Corpus, cfg: StatsConfig, truncate: bool) -> dict[int, KeyStats]:
+def _moments_item(lm: Any, batches: list[torch.Tensor], shared: tuple) -> dict[str, Any]:
+    """The execution seam's item: ``sum k kᵀ``, ``sum k`` and the key count of one shard of token batches."""
+    layers, truncate = shared
     last = max(layers)
-    d_mlp: dict[int, int] = {}
     acc: dict[int, torch.Tensor] = {}
     sums: dict[int, torch.Tensor] = {}
-    count = 0
 
     def capture(x: torch.Tensor, hook: Any, layer: int) -> None:
         k = x[:, 1:].reshape(-1, x.shape[-1]).float()  # drop BOS
         if layer not in acc:
-            d_mlp[layer] = x.shape[-1]
             acc[layer] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float64)
             sums[layer] = torch.zeros(x.shape[-1], dtype=torch.float64)
         acc[layer] += (k.T @ k).double().cpu()  # fp32 products of one batch, summed in fp64 on the CPU
@@ -179,35 +188,52 @@ def _estimate(lm: Any, layers: list[int], corpus: Corpus, cfg: StatsConfig, trun
             raise _Stop
 
     hooks = [(key_hook(j), lambda x, hook, j=j: capture(x, hook, j)) for j in layers]
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.n_tokens, desc=f"key statistics L{layers}", unit="tok", leave=False)
+    count = 0
     with lm.bridge.hooks(fwd_hooks=hooks):
-        for ids in token_blocks(lm, corpus, cfg.n_tokens, seq_len=cfg.seq_len, batch_size=cfg.batch_size):
-            ids = ids.to(lm.device)
+        for ids in tqdm(batches, desc=f"key statistics L{layers}", unit="batch", leave=False):
+            ids = ids.to(device=lm.device, dtype=torch.long)
             try:
-                if truncate:
-                    lm.hf.base_model(input_ids=ids)
-                else:
-                    lm.hf(input_ids=ids)
+                (lm.hf.base_model if truncate else lm.hf)(input_ids=ids)
             except _Stop:
                 pass
             count += ids.shape[0] * (ids.shape[1] - 1)
-            bar.update(ids.numel())
-    bar.close()
+    return {"mom2": acc, "sum": sums, "count": count}
+
+
+def _estimate(lm: Any, layers: list[int], corpus: Corpus, cfg: StatsConfig, truncate: bool, shards: int | None,
+              executor: Any) -> dict[int, KeyStats]:
+    """Moments of the corpus's token batches, summed per shard (through the executor), then over shards in order."""
+    from ..parallel import executor_for
+
+    ex = executor_for(lm, executor)
+    batches = [b.to(torch.int32) for b in token_blocks(lm, corpus, cfg.n_tokens, seq_len=cfg.seq_len,
+                                                        batch_size=cfg.batch_size)]
+    plan = shard_plan(len(batches), shards if shards is not None else ex.workers) if batches else []
+    t0 = time.perf_counter()
+    parts = ex.map(lm, _moments_item, [batches[a:b] for a, b in plan], shared=(layers, truncate),
+                   desc=f"key statistics L{layers}", progress=len(plan) > 1)
     seconds = time.perf_counter() - t0
+    count = sum(p["count"] for p in parts)
     if count == 0:
         raise LensMemoryError(f"corpus {corpus.name!r} yielded no tokens for key statistics")
     out = {}
+    record = {"truncated_forward": truncate, "shard_plan": [list(r) for r in plan], "n_batches": len(batches),
+              "executor": ex.describe()}
     for j in layers:
-        out[j] = KeyStats(layer=j, mom2=acc[j] / count, mean=sums[j] / count, n_tokens=count, hook=key_hook(j),
-                          model=lm.name, state_key=lm.state_key(below_layer=j), corpus=corpus.to_dict(), config=cfg.to_dict(),
-                          seconds=seconds, meta={"truncated_forward": truncate})
+        mom2 = torch.zeros_like(parts[0]["mom2"][j])
+        mean = torch.zeros_like(parts[0]["sum"][j])
+        for p in parts:  # shard order: the plan, not the finishing order, fixes the sum
+            mom2 += p["mom2"][j]
+            mean += p["sum"][j]
+        out[j] = KeyStats(layer=j, mom2=mom2 / count, mean=mean / count, n_tokens=count, hook=key_hook(j),
+                          model=lm.name, state_key=lm.state_key(below_layer=j), corpus=corpus.to_dict(),
+                          config=cfg.to_dict(), seconds=seconds, meta=dict(record))
     return out
 
 
 def key_statistics(lm: Any, layers: int | Sequence[int], config: StatsConfig | None = None, *,
                    corpus: Corpus | None = None, cache_dir: str | Path | None = None, use_cache: bool = True,
-                   truncate: bool = True) -> dict[int, KeyStats]:
+                   truncate: bool = True, shards: int | None = None, executor: Any = None) -> dict[int, KeyStats]:
     """``E[k kᵀ]`` of the MLP keys at each of ``layers``, from the cache when a matching one exists.
 
     Args:
@@ -217,6 +243,11 @@ def key_statistics(lm: Any, layers: int | Sequence[int], config: StatsConfig | N
         corpus: an already-loaded corpus (else ``config.corpus`` is loaded).
         truncate: stop the forward pass at the last requested layer (set ``False`` only to
             measure what the truncation saves).
+        shards: cut the token batches into this many contiguous shards, each summed on its own (on its own
+            worker under an executor) and then added in shard order. Default: one per worker of the executor
+            (1 in process). The plan is recorded in ``meta["shard_plan"]``; the same ``shards`` reproduces a
+            statistic exactly, a different one changes it by float64 rounding only.
+        executor: where the shards run (:mod:`lens_memory.parallel`; default ``lm.parallel``'s, else here).
     """
     cfg = config or StatsConfig()
     layers = [lm.check_layer(j) for j in ([layers] if isinstance(layers, int) else list(layers))]
@@ -232,7 +263,7 @@ def key_statistics(lm: Any, layers: int | Sequence[int], config: StatsConfig | N
                 out[j] = st
     missing = sorted(set(layers) - set(out))
     if missing:
-        new = _estimate(lm, missing, corpus, cfg, truncate)
+        new = _estimate(lm, missing, corpus, cfg, truncate, shards, executor)
         for j, st in new.items():
             if use_cache:
                 _store_stats(*entries[j], st)

@@ -240,36 +240,29 @@ def _pre_generation(lm: Any, gfacts: Sequence[Fact], cfg: EvalConfig, refs, base
     return _generation_metrics(lm, gfacts, cfg, refs)
 
 
-def _post_generation(lm: Any, gfacts: Sequence[Fact], arts: Sequence[Any], per_fact: bool, cfg: EvalConfig, refs):
-    """Generation metrics with the artifacts applied (fact ``i`` sampled with seed ``cfg.seed + i`` either way)."""
-    if not per_fact:
-        with _applied(lm, arts):
-            return _generation_metrics(lm, gfacts, cfg, refs)
-    t_post, e_post, c_post = {}, {}, {}
-    for i, (f, a) in enumerate(zip(gfacts, arts)):
-        with _applied(lm, [a]):
-            t, e, c = _generation_metrics(lm, [f], dataclasses.replace(cfg, seed=cfg.seed + i),
-                                          {0: refs[i]} if refs and i in refs else None)
-        t_post[i], e_post[i] = t[0], e[0]
-        if 0 in c:
-            c_post[i] = c[0]
-    return t_post, e_post, c_post
-
-
 def _mean_or_none(d: dict[int, float]) -> float | None:
     return float(np.nanmean(list(d.values()))) if d else None
 
 
-def _generation(lm: Any, facts: Sequence[Fact], arts: Sequence[Any], per_fact: bool, cfg: EvalConfig,
+def _generation(lm: Any, facts: Sequence[Fact], arts: Sequence[Any], cfg: EvalConfig,
                 baseline: "EditEvaluation | None", reuse: bool, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fluency (GE) and model-text TF-IDF similarity of the first ``cfg.fluency_facts`` facts, into ``rows``."""
+    """Fluency (GE) and model-text TF-IDF similarity of the first ``cfg.fluency_facts`` facts, into ``rows``
+    (all artifacts applied together; the per-fact pairing computes them per item, :func:`_fact_item`)."""
     n_gen = min(cfg.fluency_facts, len(facts))
     if not n_gen:
         return {}
     gfacts = facts[:n_gen]
     refs = _references(lm, gfacts, cfg, baseline, reuse)
-    t_pre, e_pre, c_pre = _pre_generation(lm, gfacts, cfg, refs, baseline, reuse)
-    t_post, e_post, c_post = _post_generation(lm, gfacts, arts, per_fact, cfg, refs)
+    pre = _pre_generation(lm, gfacts, cfg, refs, baseline, reuse)
+    with _applied(lm, arts):
+        post = _generation_metrics(lm, gfacts, cfg, refs)
+    return _fill_generation(rows, n_gen, refs, pre, post, cfg)
+
+
+def _fill_generation(rows: list[dict[str, Any]], n_gen: int, refs: dict[int, list[str]] | None, pre: tuple,
+                     post: tuple, cfg: EvalConfig) -> dict[str, Any]:
+    """Write each generated fact's texts, entropies and similarities into ``rows``; return the summary."""
+    (t_pre, e_pre, c_pre), (t_post, e_post, c_post) = pre, post
     for i in range(n_gen):
         rows[i].update({"pre_fluency_ngram_entropy": e_pre[i], "post_fluency_ngram_entropy": e_post[i],
                         "pre_consistency_model_text_tfidf": c_pre.get(i),
@@ -284,6 +277,53 @@ def _generation(lm: Any, facts: Sequence[Fact], arts: Sequence[Any], per_fact: b
             "references": {str(k): v for k, v in refs.items()} if refs else None}
 
 
+def _fact_item(lm: Any, item: tuple, shared: tuple) -> dict[str, Any]:
+    """The execution seam's item (per-fact pairing): fact ``i`` scored with its own artifact applied, and, for
+    the first ``n_gen`` facts, its reference texts, and its generations before and after (seeds as in ROME)."""
+    i, f, art, ref, pre_gen = item
+    cfg, n_gen = shared
+    with _applied(lm, [art]):
+        out: dict[str, Any] = {"post": fact_scores(lm, [f])[0]}
+    if i >= n_gen:
+        return out
+    if ref is None and cfg.consistency_model_text_tfidf and f.attribute_prompts:
+        ref = _texts(lm, list(f.attribute_prompts[:3]), cfg, cfg.seed + 1000 + i)
+    refs = {0: ref} if ref else None
+    if pre_gen is None:
+        t, e, c = _generation_metrics(lm, [f], dataclasses.replace(cfg, seed=cfg.seed + i), refs)
+        pre_gen = (t[0], e[0], c.get(0))
+    with _applied(lm, [art]):
+        t, e, c = _generation_metrics(lm, [f], dataclasses.replace(cfg, seed=cfg.seed + i), refs)
+    return {**out, "ref": ref, "pre_gen": pre_gen, "post_gen": (t[0], e[0], c.get(0))}
+
+
+def _per_fact(lm: Any, facts: Sequence[Fact], arts: Sequence[Any], cfg: EvalConfig, baseline: "EditEvaluation | None",
+              reuse: bool, executor: Any, progress: bool) -> tuple[list[dict[str, float]], tuple | None]:
+    """Post scores of each fact with its own artifact, and the generation metrics, through the execution seam."""
+    from ..parallel import executor_for
+
+    n_gen = min(cfg.fluency_facts, len(facts))
+    refs = _references(lm, facts[:n_gen], cfg, baseline, True) if reuse and n_gen else None
+    pre_gen = None
+    if reuse and n_gen and all("pre_fluency_ngram_entropy" in r for r in baseline.rows[:n_gen]):
+        pre_gen = [([r["pre_generation"]], r["pre_fluency_ngram_entropy"], r.get("pre_consistency_model_text_tfidf"))
+                   for r in baseline.rows[:n_gen]]
+    items = [(i, f, a, (refs or {}).get(i), pre_gen[i] if pre_gen and i < n_gen else None)
+             for i, (f, a) in enumerate(zip(facts, arts))]
+    got = executor_for(lm, executor).map(lm, _fact_item, items, shared=(cfg, n_gen), desc="evaluating edits",
+                                         progress=progress)
+    if not n_gen:
+        return [g["post"] for g in got], None
+    refs = {i: g["ref"] for i, g in enumerate(got[:n_gen]) if g["ref"]} or (None if not cfg.consistency_model_text_tfidf else {})
+    phases = []
+    for key in ("pre_gen", "post_gen"):
+        t = {i: g[key][0] for i, g in enumerate(got[:n_gen])}
+        e = {i: g[key][1] for i, g in enumerate(got[:n_gen])}
+        c = {i: g[key][2] for i, g in enumerate(got[:n_gen]) if g[key][2] is not None}
+        phases.append((t, e, c))
+    return [g["post"] for g in got], (refs or None, n_gen, phases[0], phases[1])
+
+
 def _check_inputs(facts: Sequence[Fact], arts: Sequence[Any], per_fact: bool) -> None:
     if not facts:
         raise LensMemoryError("evaluate_edits needs at least one fact")
@@ -296,8 +336,8 @@ def _check_inputs(facts: Sequence[Fact], arts: Sequence[Any], per_fact: bool) ->
 
 def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any] | None, *,
                    per_fact: bool = False, config: EvalConfig | None = None,
-                   provenance: dict[str, Any] | None = None, baseline: "EditEvaluation | None" = None
-                   ) -> EditEvaluation:
+                   provenance: dict[str, Any] | None = None, baseline: "EditEvaluation | None" = None,
+                   executor: Any = None, progress: bool = False) -> EditEvaluation:
     """Score ``facts`` on ``lm`` before and after applying ``artifacts`` (metrics: module docstring).
 
     Args:
@@ -308,6 +348,8 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
         baseline: an earlier evaluation of the same facts with the same config on the same
             unchanged model; its *pre* scores and generations are reused instead of recomputed
             (ignored when the facts, their neighbourhood prompts or the config differ).
+        executor: with ``per_fact=True`` the facts are items of the execution seam (:mod:`lens_memory.parallel`;
+            default ``lm.parallel``'s, else this process); the scores are the same either way.
     """
     cfg = config or EvalConfig()
     facts = list(facts)
@@ -319,11 +361,9 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
     reuse = _reusable(baseline, facts, cfg)
     pre = ([{k[4:]: v for k, v in r.items() if k.startswith("pre_") and k[4:] in _SCORE_KEYS} for r in baseline.rows]
            if reuse else fact_scores(lm, facts))
+    gen_parts = None
     if per_fact:
-        post = []
-        for f, a in zip(facts, arts):
-            with _applied(lm, [a]):
-                post += fact_scores(lm, [f])
+        post, gen_parts = _per_fact(lm, facts, arts, cfg, baseline, reuse, executor, progress)
     else:
         with _applied(lm, arts):
             post = fact_scores(lm, facts)
@@ -334,7 +374,10 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
         r.update({f"pre_{k}": v for k, v in pre[i].items()})
         r.update({f"post_{k}": v for k, v in post[i].items()})
         rows.append(r)
-    gen = _generation(lm, facts, arts, per_fact, cfg, baseline, reuse, rows)
+    if not per_fact:
+        gen = _generation(lm, facts, arts, cfg, baseline, reuse, rows)
+    else:
+        gen = _fill_generation(rows, gen_parts[1], gen_parts[0], gen_parts[2], gen_parts[3], cfg) if gen_parts else {}
     prov = {"model": lm.identity.to_dict(), "n_facts": len(facts), "n_artifacts": len(arts), "per_fact": per_fact,
             "neighborhood_prompts": sum(len(f.neighborhood) for f in facts), "neighborhood_excluded": excluded,
             "eval_config": dataclasses.asdict(cfg), "pre_reused": reuse, **(provenance or {})}

@@ -96,33 +96,43 @@ class MemoryLayerSweep:
         require(d, ("rows", "provenance"), path)
         return cls(d["rows"], d["provenance"])
 
+def _layer_set_item(lm: Any, layers: Sequence[int] | str, shared: tuple) -> list[dict[str, Any]]:
+    """The execution seam's item: one layer set's memory, dense and at each ``top_k``, scored per fact."""
+    from ..harness import EvalConfig, evaluate_edits
+
+    facts, docs, top_ks = shared
+    spec = layers if isinstance(layers, str) else tuple(int(l) for l in layers)
+    dense = encode_memory(lm, docs, MemoryConfig(layers=spec))
+    label = spec if isinstance(spec, str) else (f"{spec[0]}-{spec[-1]}" if list(spec) == list(range(spec[0], spec[-1] + 1))
+                                                else ",".join(map(str, spec)))
+    rows = []
+    for k in top_ks:
+        bank = dense if k is None else dense.sparsify(k)
+        ev = evaluate_edits(lm, facts, [bank.subset([i]) for i, _ in docs], per_fact=True,
+                            config=EvalConfig(fluency_facts=0))
+        s = ev.summary()["post"]
+        rows.append({"layers": label, "layer_list": dense.layers, "top_k": k,
+                     **{m: s[f"{m}_success"] for m in ("efficacy", "paraphrase", "neighborhood")},
+                     "memory_bytes": bank.nbytes()})
+    return rows
+
+
 def memory_layer_sweep(lm: Any, facts: Sequence[Any], layer_sets: Sequence[Sequence[int] | str],
-                       top_ks: Sequence[int | None] = (None,), *, progress: bool = False) -> MemoryLayerSweep:
+                       top_ks: Sequence[int | None] = (None,), *, progress: bool = False,
+                       executor: Any = None) -> MemoryLayerSweep:
     """Which layers must carry a fact's memory? Efficacy, paraphrase and neighbourhood per layer set.
 
     Each fact's counterfactual reference (:func:`~lens_memory.rag.fact_documents`) is encoded once per
     layer set, attached alone while that fact is scored (as :func:`~lens_memory.harness.evaluate_edits`
-    with ``per_fact=True``), dense and at each ``top_k``.
+    with ``per_fact=True``), dense and at each ``top_k``. Each layer set is an item of the execution seam
+    (``executor``, :mod:`lens_memory.parallel`).
     """
-    from tqdm.auto import tqdm
-
-    from ..harness import EvalConfig, evaluate_edits
+    from ..parallel import executor_for
     from ..rag import fact_documents
 
     docs = fact_documents(facts)
-    rows = []
-    for layers in tqdm(list(layer_sets), desc="memory layer sweep", disable=not progress):
-        spec = layers if isinstance(layers, str) else tuple(int(l) for l in layers)
-        dense = encode_memory(lm, docs, MemoryConfig(layers=spec))
-        label = spec if isinstance(spec, str) else (f"{spec[0]}-{spec[-1]}" if list(spec) == list(range(spec[0], spec[-1] + 1))
-                                                    else ",".join(map(str, spec)))
-        for k in top_ks:
-            bank = dense if k is None else dense.sparsify(k)
-            ev = evaluate_edits(lm, facts, [bank.subset([i]) for i, _ in docs], per_fact=True,
-                                config=EvalConfig(fluency_facts=0))
-            s = ev.summary()["post"]
-            rows.append({"layers": label, "layer_list": dense.layers, "top_k": k,
-                         **{m: s[f"{m}_success"] for m in ("efficacy", "paraphrase", "neighborhood")},
-                         "memory_bytes": bank.nbytes()})
+    rows = [row for rs in executor_for(lm, executor).map(lm, _layer_set_item, list(layer_sets),
+                                                         shared=(facts, docs, tuple(top_ks)),
+                                                         desc="memory layer sweep", progress=progress) for row in rs]
     return MemoryLayerSweep(rows, {"model": lm.identity.to_dict(), "n_facts": len(facts),
                                    "layer_sets": [r["layers"] for r in rows], "top_ks": list(top_ks)})

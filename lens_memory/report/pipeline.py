@@ -337,9 +337,17 @@ _STAGE_FNS = {"facts": _stage_facts, "trace": _stage_trace, "rome": _stage_edit(
 
 
 def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bool = False,
-               stages: tuple[str, ...] = STAGES, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every stage into ``out/stages`` and render ``out/report.html`` and ``out/report.md``."""
+               stages: tuple[str, ...] = STAGES, progress: bool = True, executor: Any = None) -> dict[str, Any]:
+    """Run (or resume) every stage into ``out/stages`` and render ``out/report.html`` and ``out/report.md``.
+
+    ``executor`` (:mod:`lens_memory.parallel`) runs the stages' long loops (tracing, ROME, evaluations,
+    sweeps, key statistics); stage keys do not include it, so a stage computed on a cluster is reused here.
+    """
+    import contextlib
+
     from tqdm.auto import tqdm
+
+    from ..parallel import using_executor
 
     from .build import build_report
 
@@ -353,10 +361,11 @@ def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bo
     t0 = time.time()
     inputs = report_inputs(cfg, model())  # loads the model: its hashes are part of every stage key
     bar = tqdm(list(stages), desc="report stages", unit="stage", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        runner.run(name, stage_key_config(cfg, name, inputs),
-                   lambda d, name=name: _STAGE_FNS[name](model, cfg, runner, d))
+    with using_executor(model(), executor) if executor is not None else contextlib.nullcontext():
+        for name in bar:
+            bar.set_postfix_str(name)
+            runner.run(name, stage_key_config(cfg, name, inputs),
+                       lambda d, name=name: _STAGE_FNS[name](model, cfg, runner, d))
     for name in STAGES:  # stages not asked for this time: use their finished results if they match
         if name not in runner.records:
             rec = runner.done(name, stage_key_config(cfg, name, inputs))

@@ -224,10 +224,29 @@ class LayerSweep:
         return plot_layer_sweep(self, ax=ax)
 
 
+def _layer_item(lm: Any, item: tuple, shared: tuple) -> tuple[float, float, float]:
+    """The execution seam's item: one layer's CAA vector, and ``P(target)`` at ``+strength`` and ``-strength``."""
+    from .evaluate import behavior_probability
+
+    layer, acts = item
+    b, cfg, prompts, strength = shared
+    vec = caa_from_activations(lm, {layer: acts}, b.name, replace(cfg, layers=(layer,)))
+    with vec.apply(lm, strength):
+        plus = behavior_probability(lm, b, prompts)
+    with vec.apply(lm, -strength):
+        minus = behavior_probability(lm, b, prompts)
+    return vec.norm(), plus, minus
+
+
 def caa_layer_sweep(lm: Any, behavior: Behavior | str, layers: Sequence[int] | None = None, *,
                     strength: float = 4.0, cfg: CAAConfig | None = None, n_eval: int | None = 20,
-                    split: str = "dev") -> LayerSweep:
-    """Fit CAA at every layer in one pass and measure ``P(target)`` on the ``split`` prompts at ``±strength``."""
+                    split: str = "dev", executor: Any = None) -> LayerSweep:
+    """Fit CAA at every layer in one pass and measure ``P(target)`` on the ``split`` prompts at ``±strength``.
+
+    The activations are collected in one pass here; each layer's vector and its two measurements are an
+    item of the execution seam (``executor``, :mod:`lens_memory.parallel`).
+    """
+    from ..parallel import executor_for
     from .evaluate import behavior_probability
 
     b = load_behavior(behavior)
@@ -239,12 +258,8 @@ def caa_layer_sweep(lm: Any, behavior: Behavior | str, layers: Sequence[int] | N
     held = b.split(split).eval_prompts
     prompts = held[:n_eval] if n_eval else held
     base = behavior_probability(lm, b, prompts)
-    norms, plus, minus = [], [], []
-    for layer in layers:
-        vec = caa_from_activations(lm, {layer: got[resid_hook(layer)]}, b.name, replace(cfg, layers=(layer,)))
-        norms.append(vec.norm())
-        with vec.apply(lm, strength):
-            plus.append(behavior_probability(lm, b, prompts))
-        with vec.apply(lm, -strength):
-            minus.append(behavior_probability(lm, b, prompts))
+    per_layer = executor_for(lm, executor).map(lm, _layer_item, [(layer, got[resid_hook(layer)]) for layer in layers],
+                                               shared=(b, cfg, prompts, strength), desc="CAA layer sweep",
+                                               progress=False)
+    norms, plus, minus = (list(x) for x in zip(*per_layer))
     return LayerSweep(b.name, strength, layers, norms, base, plus, minus, split=split, form=cfg.form)

@@ -278,42 +278,51 @@ class SteeringEvaluation:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 def evaluate_steering(lm: Any, behavior: Behavior | str, artifact: Any, cfg: SteerEvalConfig | None = None, *,
-                      progress: bool = True) -> SteeringEvaluation:
-    """Evaluate ``artifact`` (anything with ``apply(lm, strength)``) on ``behavior``'s ``cfg.split`` prompts."""
-    from tqdm.auto import tqdm
+                      progress: bool = True, executor: Any = None) -> SteeringEvaluation:
+    """Evaluate ``artifact`` (anything with ``apply(lm, strength)``) on ``behavior``'s ``cfg.split`` prompts.
+
+    Each strength is an item of the execution seam (``executor``, :mod:`lens_memory.parallel`; default
+    ``lm.parallel``'s, else this process); the rows are the same either way.
+    """
+    from ..parallel import executor_for
 
     cfg = cfg or SteerEvalConfig()
     b = load_behavior(behavior).split(cfg.split)
     if not b.eval_prompts:
         raise LensMemoryError(f"behaviour {b.name!r} has no evaluation prompts in split {cfg.split!r}")
     prompts = b.eval_prompts[:cfg.n_prompts] if cfg.n_prompts else list(b.eval_prompts)
-    scorer = get_scorer(b)
-    transform = getattr(artifact, "transform_prompt", None)
-    strengths = (-1.0, 0.0, 1.0) if transform is not None else cfg.strengths
+    get_scorer(b)  # an unknown scorer fails here, before any work
+    strengths = (-1.0, 0.0, 1.0) if getattr(artifact, "transform_prompt", None) is not None else cfg.strengths
     t0 = time.perf_counter()
-    rows, samples = [], {}
-    for s in tqdm(strengths, desc=f"steering eval {getattr(artifact, 'method', '?')}", disable=not progress):
-        shown = [transform(p, s) for p in prompts] if transform is not None else prompts
-        with artifact.apply(lm, s, positions=cfg.positions) if s != 0 else _null():
-            texts = generate(lm, shown, max_new_tokens=cfg.gen_tokens, top_k=cfg.top_k, seed=cfg.seed,
-                             batch_size=cfg.batch_size)
-            prob = behavior_probability(lm, b, shown, batch_size=cfg.batch_size) if b.positive_tokens else float("nan")
-        scores = scorer(texts)
-        m, lo, hi = mean_ci(scores)
-        nll = [x for x in continuation_nll(lm, prompts, texts) if x == x]
-        kl = 0.0 if s == 0 or transform is not None or cfg.n_neutral_tokens == 0 else neutral_kl(
-            lm, artifact, s, cfg.n_neutral_tokens)
-        rows.append({"strength": s, "behavior_score": m, "behavior_lo": lo, "behavior_hi": hi, "target_prob": prob,
-                     "perplexity": math.exp(float(np.mean(nll))) if nll else float("nan"),
-                     "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
-                     "distinct_3": distinct_n(texts, 3), "kl_neutral": kl})
-        samples[str(s)] = texts[:5]
+    got = executor_for(lm, executor).map(lm, _strength_item, list(strengths), shared=(b, artifact, prompts, cfg),
+                                         desc=f"steering eval {getattr(artifact, 'method', '?')}", progress=progress)
+    rows = [row for row, _ in got]
+    samples = {str(s): texts for s, (_, texts) in zip(strengths, got)}
     layers = list(getattr(artifact, "layers", []))
     hook = artifact.hook_name(layers[0]) if layers and hasattr(artifact, "hook_name") else getattr(artifact, "hook", "")
     return SteeringEvaluation(method=getattr(artifact, "method", type(artifact).__name__), behavior=b.name,
                               layers=layers, hook=hook, strengths=list(strengths), rows=rows, samples=samples,
                               config=cfg.to_dict(), artifact_config=dict(getattr(artifact, "config", {}) or {}),
                               model=lm.identity.to_dict(), seconds=time.perf_counter() - t0, split=cfg.split)
+
+
+def _strength_item(lm: Any, s: float, shared: tuple) -> tuple[dict[str, Any], list[str]]:
+    """The execution seam's item: generations and scores of the prompts with ``artifact`` at strength ``s``."""
+    b, artifact, prompts, cfg = shared
+    transform = getattr(artifact, "transform_prompt", None)
+    shown = [transform(p, s) for p in prompts] if transform is not None else prompts
+    with artifact.apply(lm, s, positions=cfg.positions) if s != 0 else _null():
+        texts = generate(lm, shown, max_new_tokens=cfg.gen_tokens, top_k=cfg.top_k, seed=cfg.seed,
+                         batch_size=cfg.batch_size)
+        prob = behavior_probability(lm, b, shown, batch_size=cfg.batch_size) if b.positive_tokens else float("nan")
+    m, lo, hi = mean_ci(get_scorer(b)(texts))
+    nll = [x for x in continuation_nll(lm, prompts, texts) if x == x]
+    kl = 0.0 if s == 0 or transform is not None or cfg.n_neutral_tokens == 0 else neutral_kl(
+        lm, artifact, s, cfg.n_neutral_tokens)
+    return ({"strength": s, "behavior_score": m, "behavior_lo": lo, "behavior_hi": hi, "target_prob": prob,
+             "perplexity": math.exp(float(np.mean(nll))) if nll else float("nan"),
+             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+             "distinct_3": distinct_n(texts, 3), "kl_neutral": kl}, texts[:5])
 
 
 def _null():

@@ -130,7 +130,7 @@ def _checkpoint_key(lm: Any, cfg: TraceConfig, scale: float, metric: str = "prob
 
 def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, *, only_known: bool = True,
                 checkpoint_dir: str | Path | None = None, progress: bool = True, source: str = "",
-                metric: str | Metric | None = None) -> TraceResult:
+                metric: str | Metric | None = None, executor: Any = None) -> TraceResult:
     """Trace a fact set.
 
     Facts the model does not know (top-1 is not the target) are skipped when ``only_known``;
@@ -138,9 +138,9 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
     traced facts. With ``checkpoint_dir`` each finished fact is saved atomically and reused by a
     re-run with the same model, config and noise scale, so an interrupted run loses nothing.
     ``metric`` is what each run scores (:mod:`.metrics`; default the answer probability).
+    ``executor``: where the facts are traced (:mod:`lens_memory.parallel`; default: the one ``lm.parallel``
+    opened, else this process). The traces are the same either way.
     """
-    from tqdm.auto import tqdm
-
     metric = resolve_metric(metric)
     requested = cfg or TraceConfig()
     cfg = requested.resolved(lm.n_layers)
@@ -159,21 +159,40 @@ def trace_facts(lm: Any, facts: Sequence[Fact], cfg: TraceConfig | None = None, 
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir) / _checkpoint_key(lm, cfg, scale, metric_name(metric))
         ckpt.mkdir(parents=True, exist_ok=True)
-    traces = []
-    for i, fact in enumerate(tqdm(traced, desc="causal tracing", unit="fact", disable=not progress)):
-        stem = ckpt / f"fact{i:05d}" if ckpt else None
-        tr = _load_checkpoint(stem, fact) if stem is not None else None
-        if tr is None:
-            tr = trace_fact(lm, fact, cfg, scale, metric=metric)
-            if stem is not None:
-                save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})
-                write_json(stem.with_suffix(".json"), tr.meta())
-        traces.append(tr)
+    traces = _trace_all(lm, traced, cfg, scale, metric, ckpt, progress, executor)
     provenance = _provenance(lm, cfg, requested, scale, metric, source)
     extra = {"knowledge": {"top1": knowledge.top1, "target_prob": knowledge.target_prob, "known": knowledge.known,
                            "case_ids": [f.case_id for f in facts]}} if knowledge else {}
     return TraceResult(provenance=provenance, traces=traces, n_facts=len(facts),
                        n_known=knowledge.n_known if knowledge else len(facts), extra=extra)
+
+
+def _trace_item(lm: Any, fact: Fact, shared: tuple) -> FactTrace:
+    """The execution seam's item: one fact traced with the run's config, noise scale and metric."""
+    cfg, scale, metric = shared
+    return trace_fact(lm, fact, cfg, scale, metric=metric)
+
+
+def _trace_all(lm: Any, facts: list[Fact], cfg: TraceConfig, scale: float, metric: Metric, ckpt: Path | None,
+               progress: bool, executor: Any) -> list[FactTrace]:
+    """Every fact's trace: checkpointed ones loaded, the rest through the executor (checkpointed as they finish)."""
+    from ..parallel import executor_for
+
+    stems = [ckpt / f"fact{i:05d}" if ckpt else None for i in range(len(facts))]
+    traces: list[FactTrace | None] = [_load_checkpoint(s, f) if s is not None else None for s, f in zip(stems, facts)]
+    todo = [i for i, t in enumerate(traces) if t is None]
+
+    def done(j: int, tr: FactTrace) -> None:
+        stem = stems[todo[j]]
+        if stem is not None:
+            save_tensors(stem.with_suffix(".safetensors"), {k: v.float() for k, v in tr.scores.items()})
+            write_json(stem.with_suffix(".json"), tr.meta())
+
+    got = executor_for(lm, executor).map(lm, _trace_item, [facts[i] for i in todo], shared=(cfg, scale, metric),
+                                         desc="causal tracing", progress=progress, on_result=done)
+    for i, tr in zip(todo, got):
+        traces[i] = tr
+    return traces  # type: ignore[return-value]
 
 
 def _load_checkpoint(stem: Path, fact: Fact) -> FactTrace | None:

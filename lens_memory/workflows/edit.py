@@ -87,32 +87,54 @@ def edit_config(lm: Any, method: str, layers: Sequence[int], *, seed: int = 0, c
 
 
 def fit_edits(lm: Any, facts: Sequence[Any], method: str, layers: Sequence[int], *, config: Any = None, seed: int = 0,
-              sequential: bool = False, progress: bool = True) -> EditRun:
-    """Key statistics at ``layers``, then ROME (one edit per fact) or MEMIT (one edit for all)."""
-    from tqdm.auto import tqdm
+              sequential: bool = False, progress: bool = True, executor: Any = None) -> EditRun:
+    """Key statistics at ``layers``, then ROME (one edit per fact) or MEMIT (one edit for all).
 
-    from ..edit import key_statistics, memit, rome
+    ``executor`` (:mod:`lens_memory.parallel`; default ``lm.parallel``'s, else this process) runs the key
+    statistics' shards and the independent ROME edits; sequential ROME and MEMIT run here.
+    """
+    from ..edit import key_statistics, memit
+    from ..parallel import executor_for
 
     cfg = config if config is not None else edit_config(lm, method, layers, seed=seed)
     layers = [lm.check_layer(j) for j in layers]
     t0 = time.time()
-    stats = key_statistics(lm, layers, cfg.stats)
+    stats = key_statistics(lm, layers, cfg.stats, executor=executor)
     t1 = time.time()
-    edits: list[Any] = []
-    if method == "rome":
-        handles = []  # sequential: each edit is computed with the earlier ones applied
-        try:
-            for f in tqdm(facts, desc="ROME edits", unit="edit", disable=not progress):
-                edits.append(rome(lm, f, cfg, stats=stats[layers[0]]))  # same-layer edits leave C unchanged
-                if sequential:
-                    handles.append(edits[-1].apply(lm))
-        finally:
-            for h in reversed(handles):
-                h.remove()
+    if method == "rome" and not sequential:  # independent edits: one item per fact through the execution seam
+        edits = executor_for(lm, executor).map(lm, _rome_item, list(facts), shared=(cfg, stats[layers[0]]),
+                                               desc="ROME edits", progress=progress)
+    elif method == "rome":
+        edits = _sequential_rome(lm, facts, cfg, stats[layers[0]], progress)
     else:
-        edits.append(memit(lm, list(facts), cfg, stats=stats))
+        edits = [memit(lm, list(facts), cfg, stats=stats)]
     return EditRun(method, layers, cfg, edits, stats, sequential and method == "rome",
                    {"stats": t1 - t0, "edit": time.time() - t1})
+
+
+def _rome_item(lm: Any, fact: Any, shared: tuple) -> Any:
+    """The execution seam's item: one ROME edit of ``fact`` on the unedited model."""
+    from ..edit import rome
+
+    cfg, stats = shared
+    return rome(lm, fact, cfg, stats=stats)
+
+
+def _sequential_rome(lm: Any, facts: Sequence[Any], cfg: Any, stats: Any, progress: bool) -> list[Any]:
+    """ROME edits each computed with the earlier ones applied (all removed again before returning)."""
+    from tqdm.auto import tqdm
+
+    from ..edit import rome
+
+    edits, handles = [], []
+    try:
+        for f in tqdm(facts, desc="ROME edits", unit="edit", disable=not progress):
+            edits.append(rome(lm, f, cfg, stats=stats))  # same-layer edits leave C unchanged
+            handles.append(edits[-1].apply(lm))
+    finally:
+        for h in reversed(handles):
+            h.remove()
+    return edits
 
 
 def suggest_edit_layers(lm: Any, dev_facts: Sequence[Any], *, width: int | None = None, out: Path | None = None):
