@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .parallel.cli_options import add_cluster_args, cluster, executor_from_args
+from .parallel.cli_options import positive_int as _positive_int
 
 __all__ = ["main"]
 
@@ -40,16 +41,6 @@ def _common(p: argparse.ArgumentParser, *, out_required: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (a GPU when there is one)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (tracing and editing are exact in float32)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
 
 
 def _facts_args(p: argparse.ArgumentParser) -> None:

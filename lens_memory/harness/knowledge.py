@@ -314,14 +314,14 @@ def _per_fact(lm: Any, facts: Sequence[Fact], arts: Sequence[Any], cfg: EvalConf
                                          progress=progress)
     if not n_gen:
         return [g["post"] for g in got], None
-    refs = {i: g["ref"] for i, g in enumerate(got[:n_gen]) if g["ref"]} or (None if not cfg.consistency_model_text_tfidf else {})
+    refs = {i: g["ref"] for i, g in enumerate(got[:n_gen]) if g["ref"]} or None
     phases = []
     for key in ("pre_gen", "post_gen"):
         t = {i: g[key][0] for i, g in enumerate(got[:n_gen])}
         e = {i: g[key][1] for i, g in enumerate(got[:n_gen])}
         c = {i: g[key][2] for i, g in enumerate(got[:n_gen]) if g[key][2] is not None}
         phases.append((t, e, c))
-    return [g["post"] for g in got], (refs or None, n_gen, phases[0], phases[1])
+    return [g["post"] for g in got], (refs, n_gen, phases[0], phases[1])
 
 
 def _check_inputs(facts: Sequence[Fact], arts: Sequence[Any], per_fact: bool) -> None:

@@ -6,10 +6,11 @@ import argparse
 import contextlib
 from typing import Any
 
-__all__ = ["add_cluster_args", "cluster", "executor_from_args"]
+__all__ = ["add_cluster_args", "cluster", "executor_from_args", "positive_int"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer, or an error naming the text."""
     try:
         n = int(text)
     except ValueError:
@@ -24,8 +25,8 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the long loops on Ray workers: alone, a local Ray instance; or a cluster address "
                         "('auto', 'ray://head:10001')")
-    g.add_argument("--workers", type=_positive_int, default=2, help="Ray workers, each holding the model (default 2)")
-    g.add_argument("--threads", type=_positive_int, default=1, help="torch threads per CPU worker (default 1)")
+    g.add_argument("--workers", type=positive_int, default=2, help="Ray workers, each holding the model (default 2)")
+    g.add_argument("--threads", type=positive_int, default=1, help="torch threads per CPU worker (default 1)")
 
 
 def executor_from_args(args: Any) -> Any:

@@ -88,7 +88,7 @@ def executor_for(lm: Any, executor: Executor | None = None) -> Executor:
         return IN_PROCESS
     handles = list(getattr(lm, "handles", []))
     if handles:
-        log.warning("%s has %d artifact(s) applied (%s); the workers hold the unedited model, so these items run "
+        log.info("%s has %d artifact(s) applied (%s); the workers hold the unedited model, so these items run "
                     "in this process", getattr(lm, "name", "model"), len(handles),
                     ", ".join(sorted({h.kind for h in handles})))
         return IN_PROCESS

@@ -265,3 +265,24 @@ def test_cli_without_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch, cap
     monkeypatch.setitem(sys.modules, "ray", None)
     assert main(["trace", "--model", "tiny", "--limit", "1", "--out", str(tmp_path), "--ray"]) == 2
     assert "pip install 'lens_memory[ray]'" in capsys.readouterr().err
+
+
+def test_report_stages_on_ray_equal_serial(ex, tiny, tmp_path, monkeypatch):
+    import json
+
+    from lens_memory.report.pipeline import ReportConfig, run_report
+    from lens_memory.trace import TraceResult
+
+    from conftest import TINY_REPORT
+
+    monkeypatch.setenv("LENS_MEMORY_CACHE", str(tmp_path / "cache"))
+    cfg = ReportConfig.quick_config(**TINY_REPORT)
+    stages = ("facts", "trace", "rome")
+    with one_thread():
+        run_report(tmp_path / "serial", cfg, stages=stages, progress=False)
+    run_report(tmp_path / "ray", cfg, stages=stages, progress=False, executor=ex)
+    trace = [TraceResult.load(tmp_path / run / "stages" / "trace" / "trace") for run in ("serial", "ray")]
+    _same_traces(*trace)
+    ids = [sorted(json.loads(p.read_text())["edit_id"] for p in (tmp_path / run / "stages" / "rome").rglob("edit.json"))
+           for run in ("serial", "ray")]
+    assert ids[0] == ids[1] and len(ids[0]) == TINY_REPORT["n_facts"]
