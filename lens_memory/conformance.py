@@ -21,6 +21,9 @@ steer          a CAA steering vector changes the logits and restores them bit-ex
 lm_steer       an LM-Steer (rank 2, 2 epochs) changes the logits, restores them exactly   restored
 memory         one reference as a dense all-layer KV memory vs the same text as a prefix  <= 1e-4,
                (both HF forwards); logits bit-exact after detaching                       restored
+parallel       one fact traced on a Ray worker that loads the model from its spec         bit-exact
+               (``tiny-<family>``) vs in process with the worker's 1 thread (– without
+               Ray installed: not measured)
 =============  =========================================================================  ==========
 
 MEMIT: without a post-MLP norm the MLP output enters the residual stream unchanged, so the
@@ -44,7 +47,7 @@ __all__ = ["COLUMNS", "check_family", "conformance_matrix", "ConformanceMatrix"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("forward", "trace", "knowledge", "rome", "memit", "steer", "lm_steer", "memory")
+COLUMNS = ("forward", "trace", "knowledge", "rome", "memit", "steer", "lm_steer", "memory", "parallel")
 
 _TEXTS = [f"The {w} is located in the city of {c}. People visit {c} to see the {w} every year."
           for w, c in [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"),
@@ -191,7 +194,40 @@ def check_memory(lm: Any) -> dict[str, Any]:
             "memory_restored": restored}
 
 
-_CHECKS = (check_forward, check_trace, check_knowledge_and_noise, check_rome, check_memit, check_steering, check_memory)
+def check_parallel(lm: Any) -> dict[str, Any]:
+    """One fact traced on a Ray worker (which loads the family's model from its spec) vs in this process, 1 thread.
+
+    Not measured (``None``) when Ray is not installed. A local Ray instance started here is left running for the
+    next family (Ray stops it when the process exits).
+    """
+    try:
+        import ray
+    except ImportError:
+        return {"parallel_identical": None}
+    from .parallel import InProcess, RayExecutor
+    from .trace import TraceConfig, trace_facts
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    cfg = TraceConfig(kinds=("mlp", "hidden"), n_samples=2, noise=1.0, window=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's thread count (torch splits some CPU reductions by it)
+    try:
+        here = trace_facts(lm, [_fact()], cfg, only_known=False, progress=False, executor=InProcess()).traces[0]
+    finally:
+        torch.set_num_threads(before)
+    ex = RayExecutor(workers=1, threads=1)
+    try:
+        there = trace_facts(lm, [_fact()], cfg, only_known=False, progress=False, executor=ex).traces[0]
+    finally:
+        ex.close()
+    same = (here.high, here.low) == (there.high, there.low) and all(torch.equal(here.scores[k], there.scores[k])
+                                                                    for k in cfg.kinds)
+    return {"parallel_identical": same}
+
+
+_CHECKS = (check_forward, check_trace, check_knowledge_and_noise, check_rome, check_memit, check_steering, check_memory,
+           check_parallel)
 
 
 def verdicts(m: dict[str, Any]) -> dict[str, bool]:
@@ -206,6 +242,7 @@ def verdicts(m: dict[str, Any]) -> dict[str, bool]:
         "steer": m["steer_changed"] and m["steer_restored"],
         "lm_steer": m["lm_steer_changed"] and m["lm_steer_restored"],
         "memory": m["memory_prefix_diff"] <= 1e-4 and m["memory_changed"] and m["memory_restored"],
+        "parallel": m.get("parallel_identical"),  # None: not measured (Ray not installed)
     }
 
 
@@ -217,10 +254,10 @@ def check_family(arch: str, seed: int = 0, device: str = "cpu", dtype: str = "fl
     from .devices import resolve_dtype
     import time
 
-    from .tiny import tiny_arch_model
+    from .models import load_model
 
     t0 = time.perf_counter()
-    lm = tiny_arch_model(arch, seed, device=device, dtype=resolve_dtype(dtype))
+    lm = load_model(f"tiny-{arch}", seed=seed, device=device, dtype=resolve_dtype(dtype))
     m: dict[str, Any] = {"family": arch, "device": str(lm.device), "dtype": lm.identity.dtype, "architecture": lm.identity.architecture, "layout": lm.stack.family.name,
                          "positions": lm.stack.family.positions}
     for check in _CHECKS:
@@ -236,12 +273,14 @@ class ConformanceMatrix:
     rows: list[dict[str, Any]]
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def verdicts(self) -> dict[str, dict[str, bool]]:
+    def verdicts(self) -> dict[str, dict[str, bool | None]]:
+        """Per family and column: ``True`` passes, ``False`` fails, ``None`` not measured (``parallel`` without Ray)."""
         return {r["family"]: verdicts(r) for r in self.rows}
 
     @property
     def all_pass(self) -> bool:
-        return all(all(v.values()) for v in self.verdicts().values())
+        """No column failed (columns not measured do not count)."""
+        return all(v is not False for ver in self.verdicts().values() for v in ver.values())
 
     def to_dataframe(self):
         import pandas as pd
@@ -249,12 +288,12 @@ class ConformanceMatrix:
         return pd.DataFrame(self.rows)
 
     def to_markdown(self) -> str:
-        """The README's family x capability table (✓ passes, ✗ fails; rules in the module docstring)."""
+        """The README's family x capability table (✓ passes, ✗ fails, – not measured; rules in the module docstring)."""
         ver = self.verdicts()
         lines = ["| family | layout | positions | " + " | ".join(COLUMNS) + " |",
                  "|---|---|---|" + "---|" * len(COLUMNS)]
         for r in self.rows:
-            cells = ["✓" if ver[r["family"]][c] else "✗" for c in COLUMNS]
+            cells = [{True: "✓", False: "✗", None: "–"}[ver[r["family"]][c]] for c in COLUMNS]
             lines.append(f"| {r['family']} | {r['layout']} | {r['positions']} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -282,13 +321,13 @@ class ConformanceMatrix:
         return cls(d["rows"], d.get("provenance", {}))
 
     def plot(self):
-        """A family x capability grid: green passes, red fails."""
+        """A family x capability grid: green passes, red fails, yellow not measured."""
         import matplotlib.pyplot as plt
         import numpy as np
 
         ver = self.verdicts()
         fams = [r["family"] for r in self.rows]
-        grid = np.array([[1.0 if ver[f][c] else 0.0 for c in COLUMNS] for f in fams])
+        grid = np.array([[{True: 1.0, False: 0.0, None: 0.5}[ver[f][c]] for c in COLUMNS] for f in fams])
         fig, ax = plt.subplots(figsize=(1 + 0.7 * len(COLUMNS), 0.8 + 0.3 * len(fams)))
         ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(COLUMNS)), COLUMNS, rotation=45, ha="right")

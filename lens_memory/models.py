@@ -53,7 +53,8 @@ def available_models() -> dict[str, str]:
     from .embedded import EMBEDDED
 
     return {**{name: spec.description for name, spec in EMBEDDED.items()},
-            "tiny": "randomly initialised 4-layer Gemma-3 architecture with a byte-level BPE tokenizer (tests)"}
+            "tiny": "randomly initialised 4-layer Gemma-3 architecture with a byte-level BPE tokenizer (tests)",
+            "tiny-FAMILY": "the conformance matrix's 3-layer random model of a family (tiny-gpt2, tiny-llama, ...)"}
 
 
 def _boot_bridge(hf: torch.nn.Module, tokenizer: Any, name: str) -> Any:
@@ -127,7 +128,7 @@ def load_model(name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | 
     if not isinstance(name, str) or not name.strip():
         raise ModelUnavailableError(f"model name must be a non-empty string, got {name!r}")
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    if device_map is not None and (name in BUILDERS or name in _embedded_names()):
+    if device_map is not None and (name in BUILDERS or name.startswith(FAMILY_PREFIX) or name in _embedded_names()):
         raise ValueError(f"device_map={device_map!r} applies to Hugging Face ids and directories, not to {name!r} "
                          f"(small enough for one device: use device=)")
     lm = _load(name, device=device, dtype=dtype, cache_dir=cache_dir, seed=seed, device_map=device_map)
@@ -140,6 +141,11 @@ def _load(name: str, *, device: str, dtype: torch.dtype, cache_dir: str | Path |
           device_map: str | dict | None) -> LensModel:
     if name in BUILDERS:
         return _builder(name)(seed=seed, dtype=dtype, device=device)
+    if name.startswith(FAMILY_PREFIX):  # the conformance matrix's tiny random model of one family
+        try:
+            return _builder(FAMILY_PREFIX)(name[len(FAMILY_PREFIX):], seed, dtype=dtype, device=device)
+        except ValueError as exc:
+            raise ModelUnavailableError(f"cannot load model {name!r}: {exc}") from None
     from .embedded import EMBEDDED, load_embedded
 
     if name in EMBEDDED:
@@ -153,12 +159,15 @@ def _load(name: str, *, device: str, dtype: torch.dtype, cache_dir: str | Path |
 #: models built in code rather than loaded, as ``"module:function"`` returning a LensModel. Resolved on
 #: use, so this module does not import the modules that build on it (``lens_memory.tiny`` imports us).
 BUILDERS: dict[str, str] = {"tiny": "lens_memory.tiny:tiny_model"}
+#: ``"tiny-<family>"`` (``tiny-llama``, ``tiny-gpt2``, ...): the conformance matrix's 3-layer random model of a family
+FAMILY_PREFIX = "tiny-"
+_FAMILY_BUILDER = "lens_memory.tiny:tiny_arch_model"
 
 
 def _builder(name: str) -> Any:
     import importlib
 
-    module, func = BUILDERS[name].split(":")
+    module, func = (_FAMILY_BUILDER if name == FAMILY_PREFIX else BUILDERS[name]).split(":")
     return getattr(importlib.import_module(module), func)
 
 

@@ -18,6 +18,16 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 _ROWS: dict = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _stop_ray_afterwards():
+    """The parallel column starts a local Ray instance and leaves it for the next family; stop it after this module."""
+    yield
+    import sys
+
+    if sys.modules.get("ray") is not None and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 def _row(arch):
     if arch not in _ROWS:
         _ROWS[arch] = check_family(arch)

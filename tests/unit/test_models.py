@@ -44,7 +44,11 @@ def test_layer_out_of_range(tiny):
 
 
 def test_unknown_model_is_one_line_error(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import; without it the hub is
+    # tried over the network (46 s of retries when a Ray instance ran earlier in the process)
     with pytest.raises(ModelUnavailableError, match="cannot load model 'no-such-org/no-such-model'") as e:
         load_model("no-such-org/no-such-model")
     assert "\n" not in str(e.value)

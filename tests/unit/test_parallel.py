@@ -41,6 +41,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cluster():
+    if ray.is_initialized():  # e.g. left by the conformance matrix's parallel column
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
     yield
