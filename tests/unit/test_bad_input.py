@@ -222,6 +222,16 @@ ROWS: list[Row] = [
     Row("cli --out is a file", lambda lm, t: _cli("models", "--out", str(t / "earlier" / "notes.txt")), SystemExit, "2"),
     Row("cli figures without a run", lambda lm, t: _cli("figures", "--run", str(t / "none"), "--out", str(t / "f")),
         SystemExit, "2"),
+    # -- running on a cluster (lens_memory.parallel) --
+    Row("key statistics shards=0", lambda lm, t: __import__("lens_memory.edit", fromlist=["key_statistics"]).key_statistics(
+        lm, 1, __import__("lens_memory.edit", fromlist=["StatsConfig"]).StatsConfig(n_tokens=64), use_cache=False, shards=0),
+        LensMemoryError, "shards must be a positive integer, got 0"),
+    Row("ray workers=0", lambda lm, t: __import__("lens_memory.parallel", fromlist=["RayExecutor"]).RayExecutor(workers=0),
+        LensMemoryError, "workers must be a positive integer, got 0"),
+    Row("ray chunk_size='big'", lambda lm, t: __import__("lens_memory.parallel", fromlist=["RayExecutor"]).RayExecutor(
+        chunk_size="big"), LensMemoryError, "chunk_size must be a positive integer, got 'big'"),
+    Row("cli --workers 0", lambda lm, t: _cli("trace", "--model", "tiny", "--out", str(t / "o"), "--ray", "--workers", "0"),
+        SystemExit, "2"),
 ]
 
 
