@@ -17,6 +17,9 @@ rome           ``W' k* + b - v*`` of a ROME edit (its update equation), then bit
                weights after the edit is removed                                          restored
 memit          one-layer MEMIT with a tiny covariance weight: relative miss of the        see below
                residual change it asked for; weights restored bit-exactly
+lifelong       a sequence of two AlphaEdit batches at layers 0-1: every update spares     <= 1e-5,
+               the preserved subspace, ``max|ΔW (I - P)| / max|ΔW|``; the second batch    restored
+               applies only after the first; weights bit-exact after the sequence
 steer          a CAA steering vector changes the logits and restores them bit-exactly     restored
 lm_steer       an LM-Steer (rank 2, 2 epochs) changes the logits, restores them exactly   restored
 memory         one reference as a dense all-layer KV memory vs the same text as a prefix  <= 1e-4,
@@ -47,7 +50,7 @@ __all__ = ["COLUMNS", "check_family", "conformance_matrix", "ConformanceMatrix"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("forward", "trace", "knowledge", "rome", "memit", "steer", "lm_steer", "memory", "parallel")
+COLUMNS = ("forward", "trace", "knowledge", "rome", "memit", "lifelong", "steer", "lm_steer", "memory", "parallel")
 
 _TEXTS = [f"The {w} is located in the city of {c}. People visit {c} to see the {w} every year."
           for w, c in [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"),
@@ -160,6 +163,33 @@ def check_memit(lm: Any, layer: int = 1) -> dict[str, Any]:
             "memit_post_norm": post_norm(lm, layer) is not None, "memit_restored": _same_weights(lm, before_w)}
 
 
+def check_lifelong(lm: Any) -> dict[str, Any]:
+    """Two AlphaEdit batches in sequence (null space: eigenvalues of C below its median, as tiny keys are large)."""
+    from .edit.alphaedit import AlphaEditConfig, alphaedit_state
+    from .edit.sequence import sequential_edit
+    from .facts import Fact
+
+    facts = [_fact(), Fact(subject="Colosseum", template="The {} is located in the city of", target_true="Rome",
+                           target_new="London")]
+    stats = _stats(lm, [0, 1])
+    cfg = AlphaEditConfig(layers=(0, 1), context_lengths=(), v_steps=4,
+                          nullspace_threshold=float(torch.linalg.eigvalsh(stats[1].mom2.double()).median()))
+    before = _weights(lm)
+    seq = sequential_edit(lm, facts, "alphaedit", 1, config=cfg, stats=stats, progress=False)
+    P = alphaedit_state(stats, cfg).projectors
+    err = max(float((e.delta(j) @ (torch.eye(P[j].shape[0], dtype=torch.float64) - P[j])).abs().max()
+                    / e.delta(j).abs().max()) for e in seq.edits for j in e.layers)
+    try:
+        seq.edits[1].apply(lm).remove()
+        ordered = False
+    except Exception:  # refused: computed on the weights after the first batch
+        ordered = True
+    with seq.apply(lm):
+        changed = not _same_weights(lm, before)
+    return {"lifelong_nullspace_err": err, "lifelong_ordered": ordered and changed,
+            "lifelong_restored": _same_weights(lm, before)}
+
+
 def _changes_and_restores(lm: Any, apply) -> tuple[bool, bool]:
     ids = lm.encode("The show was really")[None]
     before = _hf_logits(lm, ids).clone()
@@ -226,8 +256,8 @@ def check_parallel(lm: Any) -> dict[str, Any]:
     return {"parallel_identical": same}
 
 
-_CHECKS = (check_forward, check_trace, check_knowledge_and_noise, check_rome, check_memit, check_steering, check_memory,
-           check_parallel)
+_CHECKS = (check_forward, check_trace, check_knowledge_and_noise, check_rome, check_memit, check_lifelong, check_steering,
+           check_memory, check_parallel)
 
 
 def verdicts(m: dict[str, Any]) -> dict[str, bool]:
@@ -239,6 +269,7 @@ def verdicts(m: dict[str, Any]) -> dict[str, bool]:
         "knowledge": m["knowledge_agrees"] and math.isfinite(m["noise_scale"]) and m["noise_scale"] > 0,
         "rome": m["rome_equation_err"] <= 1e-4 and m["rome_restored"],
         "memit": memit_ok and m["memit_restored"],
+        "lifelong": m["lifelong_nullspace_err"] <= 1e-5 and m["lifelong_ordered"] and m["lifelong_restored"],
         "steer": m["steer_changed"] and m["steer_restored"],
         "lm_steer": m["lm_steer_changed"] and m["lm_steer_restored"],
         "memory": m["memory_prefix_diff"] <= 1e-4 and m["memory_changed"] and m["memory_restored"],
@@ -299,7 +330,7 @@ class ConformanceMatrix:
 
     def summary(self) -> dict[str, Any]:
         worst = {k: max(r[k] for r in self.rows) for k in ("forward_max_diff", "trace_max_diff", "rome_equation_err",
-                                                             "memory_prefix_diff")}
+                                                             "lifelong_nullspace_err", "memory_prefix_diff")}
         return {"families": len(self.rows), "all_pass": self.all_pass, **worst,
                 "memit_miss_post_norm": {r["family"]: r["memit_miss"] for r in self.rows if r["memit_post_norm"]},
                 "seconds": sum(r["seconds"] for r in self.rows)}

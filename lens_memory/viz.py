@@ -15,7 +15,7 @@ from ._moved import moved
 
 __all__ = ["PALETTE", "KIND_CMAP", "paper_style", "save_figure", "plot_edit_scores",
            "plot_layer_sweep", "plot_steering_tradeoff", "plot_decomposition",
-           "plot_attention_conditions", "plot_attention_layers", "plot_condition_bars"]
+           "plot_attention_conditions", "plot_attention_layers", "plot_condition_bars", "plot_health"]
 
 #: Okabe-Ito colour-blind-safe palette.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -254,3 +254,34 @@ def plot_condition_bars(table: dict[str, dict[str, float]], metrics: tuple[str, 
 #: tracing's plots live next to the trace result (:mod:`lens_memory.trace.plots`); the old names warn
 __getattr__ = moved("lens_memory.viz", {"plot_trace_heatmap": "lens_memory.trace.plots",
                                         "plot_aie": "lens_memory.trace.plots"})
+
+
+_HEALTH_PANELS = (("retention", "retention of all edits", None), ("batch_neighborhood", "neighbourhood (batch)", None),
+                  ("heldout_accuracy_ratio", "held-out accuracy / before", 0.95),
+                  ("perplexity_ratio", "perplexity / before", 1.05), ("delta_norm", "max ‖ΔW‖ / ‖W‖", None))
+
+
+def plot_health(healths, axes=None):
+    """Lifelong-editing health against the number of edits, one line per method (a list or one result)."""
+    import matplotlib
+
+    healths = healths if isinstance(healths, (list, tuple)) else [healths]
+    with matplotlib.rc_context(paper_style()):
+        if axes is None:
+            axes = _figure(2 * COLUMN_WIDTH, 1.7).subplots(1, len(_HEALTH_PANELS))
+        for i, h in enumerate(healths):
+            rows = h.rows
+            x = [r["n_edits"] for r in rows]
+            for ax, (metric, title, line) in zip(axes, _HEALTH_PANELS):
+                if metric == "delta_norm":
+                    y = [max([v for k, v in r.items() if k.startswith("delta_norm.")] or [0.0]) for r in rows]
+                else:
+                    y = [r.get(metric, np.nan) for r in rows]
+                ax.plot(x, y, "o-", ms=2, lw=1, color=PALETTE[i % len(PALETTE)], label=h.method)
+                if line is not None and i == 0:
+                    ax.axhline(line, color=PALETTE[7], lw=0.6, ls="--")
+                ax.set_title(title, fontsize=7)
+                ax.set_xlabel("edits")
+        axes[-1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes[0].figure.tight_layout()
+    return axes[0].figure

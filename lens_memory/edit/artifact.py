@@ -145,22 +145,35 @@ class Edit:
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the edit (``edit.json`` + ``edit.safetensors``) into directory ``path`` atomically."""
+        return save_artifact(path, KIND, self.to_meta(), self.to_tensors())
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON part of :meth:`save` (also stored per edit inside an edit sequence)."""
+        return {"method": self.method, "layers": self.layers, "edit_id": self.edit_id, "requests": self.requests,
+                "config": self.config, "model": self.model,
+                "base_hashes": {str(k): v for k, v in self.base_hashes.items()}, "info": self.info}
+
+    def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The factors as named tensors (``{prefix}layer{j}.U`` / ``.V``)."""
         tensors = {}
         for layer, (u, v) in self.factors.items():
-            tensors[f"layer{layer}.U"] = u
+            tensors[f"{prefix}layer{layer}.U"] = u
             if v is not None:
-                tensors[f"layer{layer}.V"] = v
-        return save_artifact(path, KIND, {
-            "method": self.method, "layers": self.layers, "edit_id": self.edit_id,
-            "requests": self.requests, "config": self.config, "model": self.model,
-            "base_hashes": {str(k): v for k, v in self.base_hashes.items()}, "info": self.info}, tensors)
+                tensors[f"{prefix}layer{layer}.V"] = v
+        return tensors
 
     @classmethod
     def load(cls, path: str | Path) -> "Edit":
         meta, t = load_artifact(path, KIND)
+        return cls.from_parts(meta, t, path)
+
+    @classmethod
+    def from_parts(cls, meta: dict[str, Any], t: dict[str, torch.Tensor], path: Any, prefix: str = "") -> "Edit":
+        """Rebuild from :meth:`to_meta` and :meth:`to_tensors`, checking the recorded edit id."""
         require(meta, ("method", "layers", "requests", "config", "model", "base_hashes"), path)
         try:
-            factors = {int(layer): (t[f"layer{layer}.U"], t.get(f"layer{layer}.V")) for layer in meta["layers"]}
+            factors = {int(layer): (t[f"{prefix}layer{layer}.U"], t.get(f"{prefix}layer{layer}.V"))
+                       for layer in meta["layers"]}
         except KeyError as exc:
             raise ArtifactMismatchError(f"{path}: tensor {exc.args[0]!r} is missing") from None
         edit = cls(method=meta["method"], factors=factors, requests=meta["requests"], config=meta["config"],

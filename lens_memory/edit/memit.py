@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,7 +54,8 @@ from .targets import (build_rows, check_requests, context_groups, context_templa
                       optimise_targets, per_fact_mean)
 from .weights import key_hook, proj_weight, residual_to_value, tensor_sha256, value_hook
 
-__all__ = ["MemitConfig", "memit", "memit_targets", "MemitTargets", "default_layers", "MODEL_DEFAULTS"]
+__all__ = ["MemitConfig", "memit", "memit_targets", "MemitTargets", "default_layers", "layer_keys", "memit_solver",
+           "memit_layers", "window_stats", "window_edit", "MODEL_DEFAULTS"]
 
 #: per-model overrides of the paper defaults (see :data:`lens_memory.edit.rome.MODEL_DEFAULTS`). MEMIT's
 #: λ = 15000 was set for GPT-J (d_mlp 16384); a typical key's whitened norm kᵀC⁻¹k grows with d_mlp, so
@@ -169,30 +170,78 @@ def _layer_residuals(lm: Any, facts: list[Fact], j: int, i: int, Ls: list[int], 
     return torch.cat(K).T, torch.cat(D).T
 
 
-def _spread(lm: Any, facts: list[Fact], Ls: list[int], z: torch.Tensor, stats: dict[int, Any], cfg: MemitConfig,
-            contexts: Sequence[str]) -> tuple[dict, dict, dict]:
+def layer_keys(lm: Any, facts: Sequence[Fact], Ls: Sequence[int], cfg: MemitConfig, contexts: Sequence[str]
+               ) -> dict[int, torch.Tensor]:
+    """MEMIT's keys ``K_j`` ``[d_mlp fact]`` of every layer in ``Ls`` on the current weights (one pass per chunk)."""
+    groups = context_groups(cfg.context_lengths)
+    out: dict[int, list[torch.Tensor]] = {j: [] for j in Ls}
+    for ch in _chunks(len(facts), cfg.batch_facts):
+        rows = build_rows(lm, [facts[c] for c in ch], contexts, kl_prompts=())
+        acts = lookup_activations(lm, rows, [key_hook(j) for j in Ls])
+        for j in Ls:
+            out[j].append(per_fact_mean(acts[key_hook(j)], rows, groups))
+    return {j: torch.cat(k).T for j, k in out.items()}
+
+
+def memit_solver(stats: dict[int, Any], cfg: MemitConfig) -> Callable:
+    """MEMIT's per-layer solve ``(j, K, D) -> ((U, V), info)``: ``ΔW = D Kᵀ (λC + KKᵀ)⁻¹``.
+
+    ``info`` holds the ridge added to ``C`` and the condition number of ``λC + KKᵀ`` (the matrix inverted).
+    """
+    def solve(j: int, K: torch.Tensor, D: torch.Tensor) -> tuple[tuple, dict[str, float]]:
+        C, ridge = regularise(stats[j].mom2, cfg.ridge, name=f"C (layer {j})")
+        ev = torch.linalg.eigvalsh(cfg.mom2_update_weight * C + K.double() @ K.double().T)
+        cond = float(ev[-1] / ev[0]) if ev[0] > 0 else float("inf")
+        return memit_update(C, K, D, cfg.mom2_update_weight), {"ridge": ridge, "condition": cond}
+    return solve
+
+
+def _spread(lm: Any, facts: list[Fact], Ls: list[int], z: torch.Tensor, solve: Callable, cfg: MemitConfig,
+            contexts: Sequence[str], method: str = "memit") -> tuple[dict, dict, dict]:
     """MEMIT's layer loop: solve each layer's update on the model with the lower layers' updates applied.
 
-    Returns ``(factors, ridges, base_hashes)``; the model's weights are restored before returning.
+    ``solve(j, K_j, D_j) -> ((U, V), info)`` is the method's closed form (:func:`memit_solver`, AlphaEdit's).
+    Returns ``(factors, infos, base_hashes)``; the model's weights are restored before returning.
     """
     factors: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     base_hashes = {j: tensor_sha256(proj_weight(lm, j)) for j in Ls}
     patches: list[WeightPatch] = []
-    ridges = {}
+    infos = {}
     try:
         for i, j in enumerate(Ls):
             K_j, D_j = _layer_residuals(lm, facts, j, i, Ls, z, cfg, contexts)
-            C, ridges[j] = regularise(stats[j].mom2, cfg.ridge, name=f"C (layer {j})")
-            U, V = memit_update(C, K_j, D_j, cfg.mom2_update_weight)
+            (U, V), infos[j] = solve(j, K_j, D_j)
             factors[j] = (U.float(), None if V is None else V.float())
             delta = U if V is None else U @ V.T
             if not torch.isfinite(delta).all():
-                raise LensMemoryError(f"MEMIT update for layer {j} is not finite; no weights were changed")
+                raise LensMemoryError(f"{method} update for layer {j} is not finite; no weights were changed")
             patches.append(WeightPatch(lm, {j: delta}))
     finally:
         for p in reversed(patches):
             p.restore()
-    return factors, ridges, base_hashes
+    return factors, infos, base_hashes
+
+
+def memit_layers(lm: Any, cfg: MemitConfig, layers: Sequence[int] | None) -> tuple[MemitConfig, list[int]]:
+    """The edited window (``layers``, else ``cfg.layers``, else :func:`default_layers`) and ``cfg`` with it set."""
+    Ls = list(layers) if layers is not None else (list(cfg.layers) if cfg.layers else default_layers(lm))
+    Ls = sorted({lm.check_layer(int(x)) for x in Ls})
+    if Ls[-1] == lm.n_layers - 1:
+        raise LensMemoryError(
+            f"MEMIT layers {Ls} end at the last layer ({lm.n_layers - 1}): such a window gave ΔW = 0 (the target z "
+            f"is read at the window's last residual output); end the window below it")
+    return dataclasses.replace(cfg, layers=tuple(Ls)), Ls
+
+
+def window_stats(lm: Any, Ls: Sequence[int], stats: dict[int, Any] | None, cfg: MemitConfig) -> dict[int, Any]:
+    """``stats`` checked against the current weights, completed with :func:`key_statistics` where missing."""
+    stats = dict(stats or {})
+    for j, st in stats.items():
+        check_stats(st, lm, j)
+    missing = [j for j in Ls if j not in stats]
+    if missing:
+        stats.update(key_statistics(lm, missing, cfg.stats))
+    return stats
 
 
 def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
@@ -208,42 +257,35 @@ def memit(lm: Any, facts: Sequence[Fact], config: MemitConfig | None = None, *,
         stats: precomputed :class:`~lens_memory.edit.stats.KeyStats` per layer.
         targets: precomputed :func:`memit_targets` for the same facts, settings and last layer (e.g. a λ sweep).
     """
-    cfg = config or MemitConfig.for_model(lm)
-    Ls = list(layers) if layers is not None else (list(cfg.layers) if cfg.layers else default_layers(lm))
-    Ls = sorted({lm.check_layer(int(x)) for x in Ls})
-    if Ls[-1] == lm.n_layers - 1:
-        raise LensMemoryError(
-            f"MEMIT layers {Ls} end at the last layer ({lm.n_layers - 1}): such a window gave ΔW = 0 (the target z "
-            f"is read at the window's last residual output); end the window below it")
-    cfg = dataclasses.replace(cfg, layers=tuple(Ls))
+    cfg, Ls = memit_layers(lm, config or MemitConfig.for_model(lm), layers)
     facts = list(facts)
     check_requests(lm, facts)
     t0 = time.perf_counter()
-    stats = dict(stats or {})
-    for j, st in stats.items():
-        check_stats(st, lm, j)
-    missing = [j for j in Ls if j not in stats]
-    if missing:
-        stats.update(key_statistics(lm, missing, cfg.stats))
-    t_stats = time.perf_counter() - t0
-    contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
-    z_layer = Ls[-1]
+    stats = window_stats(lm, Ls, stats, cfg)
+    info = {"stats_tokens": {j: stats[j].n_tokens for j in Ls}, "stats_corpus": stats[Ls[0]].corpus,
+            "stats_seconds": time.perf_counter() - t0}
+    return window_edit(lm, facts, cfg, memit_solver(stats, cfg), "memit", targets=targets, info=info)
 
+
+def window_edit(lm: Any, facts: list[Fact], cfg: MemitConfig, solve: Callable, method: str, *,
+                contexts: Sequence[str] | None = None, targets: MemitTargets | None = None,
+                info: dict[str, Any] | None = None) -> Edit:
+    """MEMIT's two steps on ``cfg.layers`` with the per-layer closed form ``solve`` (MEMIT's or AlphaEdit's)."""
+    t0 = time.perf_counter()
+    Ls = list(cfg.layers)
+    contexts = list(contexts) if contexts is not None else context_templates(lm, cfg.context_lengths, cfg.seed)
     # 1. target hidden states z per fact (reused when given: they depend on z_layer, not on λ or lower layers)
-    t1 = time.perf_counter()
     tg = targets if targets is not None else memit_targets(lm, facts, cfg, contexts)
-    if tg.z_layer != z_layer or tg.z.shape[0] != len(facts):
+    if tg.z_layer != Ls[-1] or tg.z.shape[0] != len(facts):
         raise LensMemoryError(f"MEMIT targets are for layer {tg.z_layer} and {tg.z.shape[0]} facts, "
-                              f"not layer {z_layer} and {len(facts)} facts")
-    z, probs, losses, steps = tg.z, tg.target_prob, tg.loss, tg.steps
-    t_targets = time.perf_counter() - t1
-
+                              f"not layer {Ls[-1]} and {len(facts)} facts")
+    t_targets = time.perf_counter() - t0
     # 2. spread the residual over the layers, lowest first
-    factors, ridges, base_hashes = _spread(lm, facts, Ls, z, stats, cfg, contexts)
-    total = time.perf_counter() - t0
-    return Edit(method="memit", factors=factors, requests=[f.to_dict() for f in facts], config=cfg.to_dict(),
-                model=lm.identity.to_dict(), base_hashes=base_hashes,
-                info={"target_prob": probs, "loss": losses, "steps": steps, "n_contexts": len(contexts),
-                      "contexts": contexts, "ridge": ridges, "stats_tokens": {j: stats[j].n_tokens for j in Ls},
-                      "stats_corpus": stats[Ls[0]].corpus, "stats_seconds": t_stats, "targets_seconds": t_targets,
-                      "seconds": total, "z_layer": z_layer, "z": z.tolist()})
+    factors, infos, base_hashes = _spread(lm, facts, Ls, tg.z, solve, cfg, contexts, method)
+    per_layer = {k: {j: infos[j][k] for j in Ls} for k in infos[Ls[0]]}
+    info = {**(info or {}), "target_prob": tg.target_prob, "loss": tg.loss, "steps": tg.steps,
+            "n_contexts": len(contexts), "contexts": contexts, "targets_seconds": t_targets, "z_layer": Ls[-1],
+            "z": tg.z.tolist(), **{("solve_condition" if k == "condition" else k): v for k, v in per_layer.items()}}
+    info["seconds"] = info.get("stats_seconds", 0.0) + time.perf_counter() - t0
+    return Edit(method=method, factors=factors, requests=[f.to_dict() for f in facts], config=cfg.to_dict(),
+                model=lm.identity.to_dict(), base_hashes=base_hashes, info=info)

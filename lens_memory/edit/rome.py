@@ -123,7 +123,7 @@ RomeConfig.MODEL_DEFAULTS = MODEL_DEFAULTS
 
 
 def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | None = None,
-         stats: Any = None) -> Edit:
+         stats: Any = None, contexts: list[str] | None = None) -> Edit:
     """Compute (not apply) a ROME edit making ``fact.prompt`` answer ``fact.target_new``.
 
     Args:
@@ -132,6 +132,8 @@ def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | 
         config: :class:`RomeConfig` (default: :meth:`RomeConfig.for_model`).
         layer: overrides ``config.layer`` (e.g. ``trace_result.suggest_layers().layer``).
         stats: a precomputed :class:`~lens_memory.edit.stats.KeyStats` for the layer.
+        contexts: the context templates (default: generated on the current weights; a sequence of edits
+            fixes them on the unedited model, as the reference code's cache does).
 
     Returns:
         an :class:`~lens_memory.edit.artifact.Edit`; apply it with ``with edit.apply(lm): ...``.
@@ -144,7 +146,7 @@ def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | 
     st = stats if stats is not None else key_statistics(lm, L, cfg.stats)[L]
     check_stats(st, lm, L)
     t_stats = time.perf_counter() - t0
-    contexts = context_templates(lm, cfg.context_lengths, cfg.seed)
+    contexts = list(contexts) if contexts is not None else context_templates(lm, cfg.context_lengths, cfg.seed)
     rows = build_rows(lm, [fact], contexts)
     acts = lookup_activations(lm, rows, [key_hook(L), value_hook(L)])
     init = acts[value_hook(L)][rows.first_row].float()

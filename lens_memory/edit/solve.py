@@ -26,7 +26,8 @@ import warnings
 import torch
 from jaxtyping import Float
 
-__all__ = ["regularise", "rome_update", "memit_update", "IllConditionedWarning"]
+__all__ = ["regularise", "rome_update", "memit_update", "nullspace_projector", "alphaedit_update",
+           "IllConditionedWarning"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,43 @@ def memit_update(C: Float[torch.Tensor, "d_mlp d_mlp"], K: Float[torch.Tensor, "
     for s in range(0, n, chunk):
         RK += R[:, s:s + chunk].double() @ K[:, s:s + chunk].double().T
     return torch.cholesky_solve(RK.T, L).T, None
+
+
+def nullspace_projector(C: Float[torch.Tensor, "d_mlp d_mlp"], threshold: float
+                        ) -> tuple[Float[torch.Tensor, "d_mlp d_mlp"], int]:
+    """AlphaEdit's ``P = Û Ûᵀ``: the projector onto the eigenvectors of ``C`` with eigenvalue ``< threshold``.
+
+    ``C`` is the preserved keys' second moment ``E[k kᵀ]`` (AlphaEdit's ``get_project`` takes the SVD of the
+    same ``mom2`` and keeps the singular vectors below ``nullspace_threshold``; for a symmetric PSD ``C`` the
+    SVD is its eigendecomposition). Returns ``(P, dim)`` with ``dim`` the null space's dimension.
+    """
+    C = C.double()
+    ev, U = torch.linalg.eigh((C + C.T) / 2)
+    Uh = U[:, ev < threshold]
+    return Uh @ Uh.T, int(Uh.shape[1])
+
+
+def alphaedit_update(K: Float[torch.Tensor, "d_mlp n"], R: Float[torch.Tensor, "d_model n"],
+                     P: Float[torch.Tensor, "d_mlp d_mlp"], K_prev: Float[torch.Tensor, "d_mlp d_mlp"] | None,
+                     l2: float, C: Float[torch.Tensor, "d_mlp d_mlp"] | None = None, lam: float = 0.0
+                     ) -> tuple[Float[torch.Tensor, "d_model n"], Float[torch.Tensor, "d_mlp n"], float]:
+    """AlphaEdit's ``ΔW = R Kᵀ P ((K_p K_pᵀ + K Kᵀ) P + l2·I)⁻¹`` (Fang et al. 2025, eq. 14) as factors.
+
+    ``K_prev`` is ``K_p K_pᵀ``, the accumulated keys of earlier edits. With ``A = P (K Kᵀ + K_p K_pᵀ) + l2·I``
+    the reference code solves ``A X = P K Rᵀ`` and writes ``ΔW = Xᵀ``; here ``V = A⁻¹ P K`` and ``U = R``,
+    so ``ΔW = U Vᵀ`` is the same matrix, of rank ``n``. ``A V = P K`` puts ``V`` in the range of ``P``, so
+    ``ΔW (I - P) = 0``: keys in the preserved subspace keep their values. ``lam·C`` (default 0, AlphaEdit)
+    adds MEMIT's preservation term; with ``P = I``, ``K_prev = 0``, ``l2 = 0`` and ``lam = λ`` the update
+    is MEMIT's ``R Kᵀ (λC + K Kᵀ)⁻¹``.
+
+    Returns ``(U, V, cond)`` with ``cond`` the 2-norm condition number of ``A``.
+    """
+    K, R, P = K.double(), R.double(), P.double()
+    S = K @ K.T
+    if K_prev is not None:
+        S = S + K_prev.double()
+    if lam:
+        S = S + lam * C.double()
+    A = P @ S + l2 * torch.eye(P.shape[0], dtype=torch.float64, device=P.device)
+    V = torch.linalg.solve(A, P @ K)
+    return R, V, float(torch.linalg.cond(A))

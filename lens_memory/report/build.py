@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .render import Figure, Report, Section, Table, render_html, render_markdown
+from .lifelong import lifelong_section
 from .stages import StageRunner
 from .taxonomy import METHOD_CELL, plot_taxonomy
 
@@ -233,6 +234,8 @@ def build_report(out: str | Path, runner: StageRunner, cfg: Any) -> dict[str, An
     sections.append(_memory_section(runner))
     if any(n.startswith("steer_") for n in runner.records):
         sections.append(_steer_section(runner))
+    if "lifelong" in runner.records:
+        sections.append(lifelong_section(runner.records["lifelong"].summary, runner.path("lifelong")))
     sae = (runner.records.get("steer_sta").summary.get("sae") if runner.records.get("steer_sta") else None)
     provenance = {"packages": package_versions(), "model": model, "report_config": cfg.to_dict(),
                   "stage_configs": {n: cfg.stage_config(n) for n in runner.records},

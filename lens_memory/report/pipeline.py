@@ -12,7 +12,8 @@ weight and tokenizer hashes):
 5. ``fact_vectors`` -- the same references as in-context steering vectors (activations);
 6. ``compare`` -- one harness (:func:`~lens_memory.compare.compare_mechanisms`) scores every
    artifact on the same facts: efficacy, paraphrase, neighbourhood, fluency, time, bytes, reversibility;
-7. ``steer_caa`` / ``steer_sta`` / ``steer_lmsteer`` -- behaviour steering with its trade-off curves;
+7. ``steer_caa`` / ``steer_sta`` / ``steer_lmsteer`` -- behaviour steering with its trade-off curves; only when
+   asked for, ``lifelong`` -- sequential MEMIT and AlphaEdit with health curves (:mod:`.lifelong`);
 8. the report: taxonomy figure, every stage's figures and tables, provenance; ``summary.json``
    with the seconds of each stage and the headline table.
 """
@@ -28,9 +29,10 @@ from typing import Any
 
 from ..errors import LensMemoryError
 from ..io import read_json, write_json
+from .lifelong import stage_lifelong
 from .stages import StageRunner
 
-__all__ = ["ReportConfig", "run_report", "STAGES", "stage_key_config", "report_inputs", "facts_sha256",
+__all__ = ["ReportConfig", "run_report", "STAGES", "OPTIONAL_STAGES", "stage_key_config", "report_inputs", "facts_sha256",
            "tokenizer_sha256"]
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ STAGES = ("facts", "trace", "rome", "memit", "memory", "fact_vectors", "compare"
           "steer_lmsteer")
 #: stages the report cannot be rendered without (the steering ones are optional sections)
 REQUIRED = STAGES[:7]
+#: stages run only when asked for (``--stages ...,lifelong``)
+OPTIONAL_STAGES = ("lifelong",)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class ReportConfig:
     fluency_facts: int = 5
     gen_tokens: int = 30
     cost_facts: int = 3
+    lifelong_methods: tuple[str, ...] = ("memit", "alphaedit")
+    lifelong_batch_size: int = 4
+    lifelong_batches: int = 3
     seed: int = 0
     quick: bool = False
 
@@ -76,11 +83,14 @@ class ReportConfig:
 
         resolve_dtype(self.dtype)  # a clear error for an unknown dtype, before any stage runs
         for name in ("n_facts", "trace_facts", "trace_samples", "memit_width", "top_k", "steer_prompts",
-                     "steer_tokens", "gen_tokens"):
+                     "steer_tokens", "gen_tokens", "lifelong_batch_size", "lifelong_batches"):
             if getattr(self, name) < 1:
                 raise LensMemoryError(f"ReportConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if "mlp" not in self.trace_kinds:
             raise LensMemoryError(f"trace_kinds must include 'mlp' (it picks the edit layers), got {self.trace_kinds}")
+        from ..edit.sequence import SEQUENTIAL_METHODS
+        if not self.lifelong_methods or set(self.lifelong_methods) - set(SEQUENTIAL_METHODS):
+            raise LensMemoryError(f"lifelong_methods must be some of {SEQUENTIAL_METHODS}, got {self.lifelong_methods!r}")
         missing = {"caa", "sta", "lmsteer"} - set(self.steer_strengths)
         if missing:
             raise LensMemoryError(f"steer_strengths lacks {sorted(missing)}")
@@ -90,7 +100,8 @@ class ReportConfig:
         base = dict(n_facts=4, trace_facts=2, trace_kinds=("mlp",), trace_samples=5, memory_sweep=False,
                     n_attention=3, steer_prompts=6, steer_tokens=12,
                     steer_strengths={"caa": (-2.0, 0.0, 2.0), "sta": (-2.0, 0.0, 2.0), "lmsteer": (-1.0, 0.0, 1.0)},
-                    quick_training=True, fluency_facts=2, gen_tokens=16, cost_facts=2, quick=True)
+                    quick_training=True, fluency_facts=2, gen_tokens=16, cost_facts=2, lifelong_batch_size=1,
+                    lifelong_batches=2, quick=True)
         base.update(overrides)
         return cls(**base)
 
@@ -108,6 +119,8 @@ class ReportConfig:
                "memit": ("trace_facts", "trace_kinds", "trace_samples", "memit_width"),
                "memory": ("top_k", "memory_sweep", "n_attention", "cost_facts"),
                "fact_vectors": (),
+               "lifelong": ("trace_facts", "trace_kinds", "trace_samples", "memit_width", "lifelong_methods",
+                            "lifelong_batch_size", "lifelong_batches"),
                "compare": ("trace_facts", "trace_kinds", "trace_samples", "memit_width", "top_k", "fluency_facts",
                            "gen_tokens", "cost_facts"),
                }.get(stage)
@@ -333,7 +346,9 @@ def _stage_steer(method: str):
 _STAGE_FNS = {"facts": _stage_facts, "trace": _stage_trace, "rome": _stage_edit("rome"), "memit": _stage_edit("memit"),
               "memory": _stage_memory, "fact_vectors": _stage_fact_vectors, "compare": _stage_compare,
               "steer_caa": _stage_steer("caa"), "steer_sta": _stage_steer("sta"),
-              "steer_lmsteer": _stage_steer("lmsteer")}
+              "steer_lmsteer": _stage_steer("lmsteer"),
+              "lifelong": lambda model, cfg, runner, d: stage_lifelong(model(), cfg, _facts(runner), _dev_facts(runner),
+                                                                       runner.records["trace"].summary, d)}
 
 
 def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bool = False,
@@ -354,7 +369,7 @@ def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bo
     cfg = config or ReportConfig()
     unknown = [s for s in stages if s not in _STAGE_FNS]
     if unknown:
-        raise LensMemoryError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        raise LensMemoryError(f"unknown stage(s) {unknown}; stages are {list(STAGES + OPTIONAL_STAGES)}")
     out = Path(out)
     runner = StageRunner(out / "stages", force=force)
     model = _Model(cfg.model, cfg.device, cfg.dtype)
@@ -366,7 +381,7 @@ def run_report(out: str | Path, config: ReportConfig | None = None, *, force: bo
             bar.set_postfix_str(name)
             runner.run(name, stage_key_config(cfg, name, inputs),
                        lambda d, name=name: _STAGE_FNS[name](model, cfg, runner, d))
-    for name in STAGES:  # stages not asked for this time: use their finished results if they match
+    for name in STAGES + OPTIONAL_STAGES:  # stages not asked for this time: use their finished results if they match
         if name not in runner.records:
             rec = runner.done(name, stage_key_config(cfg, name, inputs))
             if rec is not None:

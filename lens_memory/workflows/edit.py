@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import LensMemoryError
 from .summary import WorkflowSummary
 
 __all__ = ["EditRun", "fit_edits", "suggest_edit_layers", "edit_config", "EditSummary", "run_edit",
@@ -37,7 +36,7 @@ class EditRun:
     """Edits fitted on a fact set, with what they were fitted with.
 
     Attributes:
-        method: ``"rome"`` or ``"memit"``.
+        method: ``"rome"``, ``"rrome"``, ``"memit"`` or ``"alphaedit"``.
         layers: edited layers.
         config: the method's config (RomeConfig / MemitConfig).
         edits: one edit per fact (ROME) or one for all facts (MEMIT).
@@ -57,7 +56,7 @@ class EditRun:
     @property
     def per_fact(self) -> bool:
         """Whether each fact is evaluated with its own edit only (independent ROME edits)."""
-        return self.method == "rome" and not self.sequential
+        return self.method in ("rome", "rrome") and not self.sequential
 
     def save(self, out: str | Path) -> list[Path]:
         """Save every edit as ``out/edits/NNN`` (artifact directories)."""
@@ -70,18 +69,13 @@ class EditRun:
                 "stats_corpus": self.stats[self.layers[0]].corpus, "sequential": self.sequential}
 
 
-def edit_config(lm: Any, method: str, layers: Sequence[int], *, seed: int = 0, corpus: str | None = None,
+def edit_config(lm: Any, method: str, layers: Sequence[int] | None, *, seed: int = 0, corpus: str | None = None,
                 stats_tokens: int | None = None) -> Any:
-    """The model's config of ``method`` at ``layers`` (ROME: one layer), with key-statistics overrides."""
-    from ..edit import MemitConfig, RomeConfig
+    """The model's config of ``method`` at ``layers`` (ROME, r-ROME: one layer; ``None``: the model's default),
+    with key-statistics overrides."""
+    from ..edit.sequence import sequence_config
 
-    if method not in ("rome", "memit"):
-        raise LensMemoryError(f"edit method must be 'rome' or 'memit', got {method!r}")
-    layers = [lm.check_layer(j) for j in layers]
-    if method == "rome" and len(layers) != 1:
-        raise LensMemoryError(f"ROME edits one layer, got layers {layers}")
-    cfg = (RomeConfig.for_model(lm, layer=layers[0], seed=seed) if method == "rome"
-           else MemitConfig.for_model(lm, layers=tuple(layers), seed=seed))
+    cfg = sequence_config(lm, method, layers, seed=seed)
     overrides = {k: v for k, v in (("corpus", corpus), ("n_tokens", stats_tokens)) if v is not None}
     return dataclasses.replace(cfg, stats=dataclasses.replace(cfg.stats, **overrides)) if overrides else cfg
 
@@ -94,6 +88,7 @@ def fit_edits(lm: Any, facts: Sequence[Any], method: str, layers: Sequence[int],
     statistics' shards and the independent ROME edits; sequential ROME and MEMIT run here.
     """
     from ..edit import key_statistics, memit
+    from ..edit.alphaedit import alphaedit
     from ..parallel import executor_for
 
     cfg = config if config is not None else edit_config(lm, method, layers, seed=seed)
@@ -101,14 +96,17 @@ def fit_edits(lm: Any, facts: Sequence[Any], method: str, layers: Sequence[int],
     t0 = time.time()
     stats = key_statistics(lm, layers, cfg.stats, executor=executor)
     t1 = time.time()
-    if method == "rome" and not sequential:  # independent edits: one item per fact through the execution seam
+    rome_like = method in ("rome", "rrome")
+    if rome_like and not sequential:  # independent edits: one item per fact through the execution seam
         edits = executor_for(lm, executor).map(lm, _rome_item, list(facts), shared=(cfg, stats[layers[0]]),
                                                desc="ROME edits", progress=progress)
-    elif method == "rome":
+    elif rome_like:
         edits = _sequential_rome(lm, facts, cfg, stats[layers[0]], progress)
+    elif method == "alphaedit":  # one batch; a sequence of batches is lens_memory.edit.sequential_edit
+        edits = [alphaedit(lm, list(facts), cfg, stats=stats)]
     else:
         edits = [memit(lm, list(facts), cfg, stats=stats)]
-    return EditRun(method, layers, cfg, edits, stats, sequential and method == "rome",
+    return EditRun(method, layers, cfg, edits, stats, sequential and rome_like,
                    {"stats": t1 - t0, "edit": time.time() - t1})
 
 
@@ -222,8 +220,9 @@ def run_edit(lm: Any, facts: Sequence[Any], dev_facts: Sequence[Any], method: st
         suggestion, trace_pre = suggest_edit_layers(lm, dev_facts)
     seconds = {"trace": time.time() - t}
     if layers is None:
-        layers = ([suggestion.layer] if method == "rome" else list(suggestion.layers)) if suggestion else (
-            [default_layer(lm)] if method == "rome" else list(default_layers(lm)))
+        one = method in ("rome", "rrome")
+        layers = ([suggestion.layer] if one else list(suggestion.layers)) if suggestion else (
+            [default_layer(lm)] if one else list(default_layers(lm)))
     cfg = edit_config(lm, method, layers, seed=seed, corpus=corpus, stats_tokens=stats_tokens)
     run = fit_edits(lm, facts, method, layers, config=cfg, sequential=sequential)
     seconds.update(run.seconds)

@@ -101,6 +101,19 @@ def _sae_of_another_hook(lm):
     decompose(_vec(lm), sae, k=2)
 
 
+def _seq(lm, **kw):
+    from lens_memory.edit.sequence import sequential_edit
+
+    args = {"facts": [_fact()], "method": "rome", "batch_size": 1, **kw}
+    return sequential_edit(lm, args.pop("facts"), args.pop("method"), args.pop("batch_size"), progress=False, **args)
+
+
+def _health(**kw):
+    from lens_memory.harness.lifelong import HealthConfig
+
+    return HealthConfig(**kw)
+
+
 def _cli(*argv):
     from lens_memory.cli import main
 
@@ -232,6 +245,29 @@ ROWS: list[Row] = [
         chunk_size="big"), LensMemoryError, "chunk_size must be a positive integer, got 'big'"),
     Row("cli --workers 0", lambda lm, t: _cli("trace", "--model", "tiny", "--out", str(t / "o"), "--ray", "--workers", "0"),
         SystemExit, "2"),
+    # -- lifelong editing (lens_memory.edit.sequence, alphaedit, harness.lifelong) --
+    Row("sequential method 'ft'", lambda lm, t: _seq(lm, method="ft"), LensMemoryError, "got 'ft'"),
+    Row("sequential config of another method", lambda lm, t: _seq(lm, method="memit", config=__import__(
+        "lens_memory.edit", fromlist=["RomeConfig"]).RomeConfig(layer=1)), LensMemoryError,
+        "is not a config of method 'memit'"),
+    Row("sequential batch_size=0", lambda lm, t: _seq(lm, batch_size=0), LensMemoryError,
+        "batch_size must be an integer >= 1, got 0"),
+    Row("sequential health='yes'", lambda lm, t: _seq(lm, health="yes"), LensMemoryError, "got str"),
+    Row("sequential checkpoint on a user directory", lambda lm, t: _seq(lm, checkpoint=t / "earlier"), LensMemoryError,
+        "is not a saved edit sequence"),
+    Row("held-out fact also edited", lambda lm, t: _seq(lm, health=_health(heldout=(_fact(),))), LensMemoryError,
+        "held-out facts must not be edited"),
+    Row("alphaedit nullspace_threshold=0", lambda lm, t: __import__("lens_memory.edit.alphaedit", fromlist=["x"])
+        .AlphaEditConfig(nullspace_threshold=0), LensMemoryError, "nullspace_threshold must be > 0, got 0"),
+    Row("alphaedit l2=-1", lambda lm, t: __import__("lens_memory.edit.alphaedit", fromlist=["x"]).AlphaEditConfig(l2=-1),
+        LensMemoryError, "l2 must be >= 0, got -1"),
+    Row("health every=0", lambda lm, t: _health(every=0), LensMemoryError, "every must be an integer >= 1, got 0"),
+    Row("health threshold of an unknown metric", lambda lm, t: _health(thresholds={"fluency": ("min", 1.0)}),
+        LensMemoryError, r"thresholds\['fluency'\]"),
+    Row("cli --batch-size 0", lambda lm, t: _cli("edit", "--model", "tiny", "--out", str(t / "o"), "--sequential",
+                                                  "--batch-size", "0"), SystemExit, "2"),
+    Row("cli r-ROME on two layers", lambda lm, t: _cli("edit", "--model", "tiny", "--out", str(t / "o"), "--method",
+                                                        "rrome", "--layers", "1,2", "--sequential"), SystemExit, "2"),
 ]
 
 
