@@ -88,7 +88,8 @@ class HealthProbe:
 
     def __init__(self, lm: Any, config: HealthConfig):
         self.config = config
-        self.blocks = list(token_blocks(lm, load_corpus(config.text), config.text_tokens, seq_len=128))
+        # two rows per forward: the 262k-vocabulary logits of 2 x 128 tokens are 0.5 GiB in float64
+        self.blocks = list(token_blocks(lm, load_corpus(config.text), config.text_tokens, seq_len=128, batch_size=2))
         self.baseline: dict[str, float] | None = None
         self.last_retention: list[float] = []  # per edited fact, at the last measurement
 
