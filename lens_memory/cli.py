@@ -7,6 +7,8 @@ Subcommands:
   trace   causal tracing over a fact set (heatmaps, AIE, suggested edit layers)
   edit    ROME / MEMIT edits of known facts, evaluated CounterFact-style, the edited fact re-traced;
           ``--sequential``: lifelong editing (ROME, r-ROME, MEMIT, AlphaEdit) with health curves
+  localize  does localization inform editing? attribution patching (AtP, AtP*) validated against exact
+          tracing, ROME at every layer, the Hase et al. regression of edit success on the tracing effect
   steer   steering vectors (CAA, STA, LM-Steer) on a behaviour, evaluated over strengths
   memory  counterfactual facts as RAG text, dense and sparse KV memories: exactness, knowledge,
           attention, cost
@@ -46,6 +48,30 @@ def _cmd_trace(args) -> dict:
     with cluster(args, lm):
         summary = run_trace(lm, facts, cfg, checkpoint_dir=args.out / ".checkpoints", source=str(args.facts),
                             metric=args.metric, heatmaps=args.heatmaps)
+    summary.save(args.out)
+    return summary.to_dict()
+
+
+def _cmd_localize(args) -> dict:
+    from .facts import load_facts
+    from .localize import SweepConfig
+    from .models import load_model
+    from .trace import TraceConfig
+    from .workflows.localize import ESTIMATORS, run_localize
+
+    estimators = [e for e in args.estimators.split(",") if e]
+    bad = [e for e in estimators if e not in ESTIMATORS]
+    if bad:
+        raise ValueError(f"--estimators {args.estimators!r}: unknown {bad}; choose from {list(ESTIMATORS)}")
+    cfg = TraceConfig(kinds=("hidden", "mlp", "attn"), n_samples=args.samples, window=args.window)
+    layers = tuple(int(x) for x in args.sweep_layers.split(",")) if args.sweep_layers else None
+    sweep = SweepConfig(layers=layers, method=args.sweep_method)
+    facts = load_facts(args.facts, args.limit, split=args.split)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    with cluster(args, lm):
+        summary = run_localize(lm, facts, cfg, sweep, estimators=estimators,
+                               sweep=not args.no_sweep, n_boot=args.boot, source=str(args.facts),
+                               only_known=not args.include_unknown)
     summary.save(args.out)
     return summary.to_dict()
 
@@ -227,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out is not None:
             _writable_dir(args.out)
-        summary = {"trace": _cmd_trace, "edit": _cmd_edit, "steer": _cmd_steer,
+        summary = {"trace": _cmd_trace, "edit": _cmd_edit, "localize": _cmd_localize, "steer": _cmd_steer,
                    "memory": _cmd_memory, "models": _cmd_models,
                    "report": _cmd_report, "conformance": _cmd_conformance,
                    "figures": _cmd_figures}[args.command](args)
@@ -243,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                  if k not in ("model", "config", "available", "per_relation", "trace_suggestion", "stats_corpus",
                               "eval_config", "interpretation", "decomposition", "memory_config",
                                "attention_reference_by_layer", "cost", "knowledge", "layer_sweep",
-                              "headline", "steering", "verdicts")}
+                              "headline", "steering", "verdicts", "hase_ci95", "trace_config")}
     sys.stdout.write(json.dumps(brief, default=str) + "\n")
     return 0
 

@@ -47,10 +47,31 @@ def _add_trace(sub: Any) -> None:
                    help="layers restored together for mlp/attn cells: an integer, or 'scaled' = ROME's 10 of 48 "
                         "layers scaled to the model's depth, round(10/48 x n_layers) (4 on an 18-layer model)")
     t.add_argument("--seed", type=int, default=1)
-    t.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    t.add_argument("--engine", default="fast", choices=["fast", "reference", "atp", "atp*"],
+                   help="exact engines (fast, reference) or gradient estimates (atp: attribution patching; "
+                        "atp*: with the QK fix and GradDrop of Kramár et al. 2024)")
     t.add_argument("--metric", default="prob", choices=["prob", "logprob", "logit"],
                    help="what a run scores: the answer's probability (ROME; default), log-probability or logit")
     t.add_argument("--heatmaps", type=int, default=8, help="per-fact heatmap figures to write")
+
+
+def _add_localize(sub: Any) -> None:
+    lo = sub.add_parser("localize", help="does localization inform editing? AtP vs exact tracing, ROME at every "
+                                         "layer, the Hase et al. regression")
+    _common(lo)
+    add_cluster_args(lo)
+    _facts_args(lo)
+    lo.add_argument("--split", default="test", choices=["test", "dev", "all"], help="built-in split of the facts")
+    lo.add_argument("--samples", type=_positive_int, default=10, help="noise samples per corrupted run")
+    lo.add_argument("--window", default="scaled", help="MLP / attention restoration window (as `trace`)")
+    lo.add_argument("--estimators", default="atp,atp*", help="comma list of atp, atp* validated against exact tracing")
+    lo.add_argument("--sweep-method", default="rome", choices=["rome", "memit"],
+                    help="edit at every layer with ROME, or a MEMIT window centred on the layer")
+    lo.add_argument("--sweep-layers", default=None, help="comma list of layers to edit (default: every layer)")
+    lo.add_argument("--no-sweep", action="store_true", help="only validate the estimators (no edits, no regression)")
+    lo.add_argument("--include-unknown", action="store_true",
+                    help="also facts the model does not know (e.g. on a random test model; the paper uses known ones)")
+    lo.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of facts for the R² intervals")
 
 
 def _add_edit(sub: Any) -> None:
@@ -165,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figures(sub)
     _add_trace(sub)
     _add_edit(sub)
+    _add_localize(sub)
     _add_steer(sub)
     _add_memory(sub)
     _add_report(sub)

@@ -74,6 +74,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: what each engine computes, recorded as ``provenance["estimator"]``
+ESTIMATORS = {"fast": "exact (fast engine)", "reference": "exact (reference engine)",
+              "atp": "attribution patching (first-order estimate)",
+              "atp*": "AtP* (Kramár et al. 2024)"}
+
 
 def engine_for(lm: Any, cfg: TraceConfig):
     """The scoring function ``cfg.engine`` names on this model (no silent fallback).
@@ -86,6 +91,10 @@ def engine_for(lm: Any, cfg: TraceConfig):
         from .reference import reference_scores
 
         return reference_scores
+    if cfg.engine in ("atp", "atp*"):
+        from .atp import atp_scores
+
+        return atp_scores
     from ..stack import UnsupportedArchitectureError
     from .fast import fast_scores
 
@@ -224,4 +233,5 @@ def _provenance(lm: Any, cfg: TraceConfig, requested: TraceConfig, scale: float,
         "facts_source": source,
         "lens_memory": __version__,
         "method": "causal tracing (Meng et al. 2022)",
+        "estimator": ESTIMATORS[cfg.engine] + (f" with {'+'.join(cfg.atp_fixes) or 'no fixes'}" if cfg.engine == "atp*" else ""),
     }

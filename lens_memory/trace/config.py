@@ -9,7 +9,7 @@ from typing import Any
 
 from ..hooks import hook_name, hook_template
 
-__all__ = ["TraceConfig", "KINDS", "SEVERED_KINDS", "restore_hooks", "restore_hook", "window_layers", "scaled_window",
+__all__ = ["TraceConfig", "KINDS", "ENGINES", "ATP_FIXES", "SEVERED_KINDS", "restore_hooks", "restore_hook", "window_layers", "scaled_window",
            "REFERENCE_WINDOW", "REFERENCE_LAYERS"]
 
 #: Restorations: the clean hidden state (residual stream after the block), MLP output, attention output.
@@ -17,6 +17,11 @@ KINDS = ("hidden", "mlp", "attn")
 #: Hidden-state restoration with the MLP (or attention) outputs at the restored token frozen at their
 #: corrupted values in every layer -- the "severed path" of Meng et al. (2022), Fig. 3.
 SEVERED_KINDS = ("hidden_sever_mlp", "hidden_sever_attn")
+
+#: how cells are scored: two exact engines and two gradient estimators (:mod:`lens_memory.trace.atp`)
+ENGINES = ("fast", "reference", "atp", "atp*")
+#: AtP*'s corrections (Kramár et al. 2024): attention saturation (QK fix) and cancellation (GradDrop)
+ATP_FIXES = ("qk", "graddrop")
 
 #: the hook site each kind restores (severed kinds restore the hidden state)
 RESTORE_SITES = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
@@ -77,8 +82,12 @@ class TraceConfig:
             ``round(10/48 x n_layers)`` rounded half up (:func:`scaled_window`; 4 on Gemma 3 270M). The
             resolved integer is what runs; results record it (``provenance["window"]``, ``summary()["window"]``).
         seed: seed of the Gaussian noise; the same noise is used for every cell of a fact.
-        engine: ``"fast"`` (batched, partial recomputation, last-position logits) or ``"reference"``
-            (one full forward with all logits per cell, as ROME's code).
+        engine: ``"fast"`` (batched, partial recomputation, last-position logits), ``"reference"``
+            (one full forward with all logits per cell, as ROME's code), or an estimate from gradients:
+            ``"atp"`` (attribution patching) or ``"atp*"`` (AtP with the corrections in ``atp_fixes``;
+            :mod:`lens_memory.trace.atp`). The exact engines give the same scores; the estimators do not.
+        atp_fixes: the AtP* corrections ``"atp*"`` applies: ``"qk"`` (attention saturation) and/or
+            ``"graddrop"`` (cancellation); ignored by the other engines.
 
     Why the window is scaled. Setup: Gemma 3 270M; 6 known facts from the built-in DEV split, one per
     relation (``spread_facts``); 10 samples; noise 3 sigma = 3.09; seed 1; fast engine. Mean clean
@@ -118,6 +127,7 @@ class TraceConfig:
     window: int | str = "scaled"
     seed: int = 1
     engine: str = "fast"
+    atp_fixes: tuple[str, ...] = ATP_FIXES
 
     def __post_init__(self) -> None:
         kinds = tuple(self.kinds.split(",")) if isinstance(self.kinds, str) else tuple(self.kinds)
@@ -141,8 +151,17 @@ class TraceConfig:
         if isinstance(self.noise_multiplier, bool) or not (0 < float(self.noise_multiplier) < math.inf):
             raise ValueError(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
         object.__setattr__(self, "window", _check_window(self.window))
-        if self.engine not in ("fast", "reference"):
-            raise ValueError(f"engine must be 'fast' or 'reference', got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        fixes = tuple(self.atp_fixes.split(",")) if isinstance(self.atp_fixes, str) else tuple(self.atp_fixes)
+        if not set(fixes) <= set(ATP_FIXES) or len(set(fixes)) != len(fixes):
+            raise ValueError(f"atp_fixes {list(fixes)!r}: choose distinct entries from {list(ATP_FIXES)}")
+        object.__setattr__(self, "atp_fixes", fixes)
+        if self.engine in ("atp", "atp*"):
+            bad = [k for k in kinds if k not in KINDS]
+            if bad:
+                raise ValueError(f"engine {self.engine!r} estimates the kinds {list(KINDS)}, not {bad}; trace severed "
+                                 f"paths with engine='fast' or 'reference'")
 
     def window_for(self, n_layers: int) -> int:
         """The number of layers restored together on a model of ``n_layers`` layers."""
@@ -155,12 +174,13 @@ class TraceConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["kinds"] = list(self.kinds)
+        d["atp_fixes"] = list(self.atp_fixes)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TraceConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (tuple(v) if k == "kinds" else v) for k, v in d.items() if k in names})
+        return cls(**{k: (tuple(v) if k in ("kinds", "atp_fixes") else v) for k, v in d.items() if k in names})
 
 
 def _check_window(window: Any) -> int | str:

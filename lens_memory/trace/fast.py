@@ -31,20 +31,22 @@ from .config import TraceConfig, window_layers
 from .corrupt import PreparedFact
 from .metrics import Metric, resolve_metric
 
-__all__ = ["fast_scores"]
+__all__ = ["fast_scores", "record_run", "RecordedRun"]
 
 _OUT_SITE = {"mlp": "mlp_out", "attn": "attn_out"}
 _SEVER = {"hidden_sever_mlp": "mlp", "hidden_sever_attn": "attn"}
 
 
 @dataclass
-class _Run:
+class RecordedRun:
+    """One recorded pass: residual stream per layer, sublayer outputs, attention keys/values."""
+
     resid: list[torch.Tensor]  # resid[j] = input of block j; resid[L] = final residual   [batch pos d_model]
     outs: dict[str, list[torch.Tensor]]  # "mlp"/"attn" -> per layer [batch pos d_model]
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _record(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: set[str]) -> _Run:
+def record_run(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: set[str]) -> RecordedRun:
     st = lm.stack
     h = st.embed(ids)
     if prep is not None:
@@ -64,7 +66,7 @@ def _record(lm: Any, ids: torch.Tensor, prep: PreparedFact | None, outs_needed: 
             resid.append(h)
             h = st.layer(j, h, record=kv)
     resid.append(h)
-    return _Run(resid, outs, kv)
+    return RecordedRun(resid, outs, kv)
 
 
 def _score(st: Any, resid: torch.Tensor, prep: PreparedFact, metric: Metric, chunk: int = 512) -> torch.Tensor:
@@ -89,8 +91,8 @@ def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str,
     metric = resolve_metric(metric)
     ids = prep.ids[None].to(lm.device)
     needed = {k if k in _OUT_SITE else _SEVER[k] for k in kinds if k != "hidden"}
-    clean = _record(lm, ids, None, needed)
-    corr = _record(lm, ids.expand(n, T), prep, needed)
+    clean = record_run(lm, ids, None, needed)
+    corr = record_run(lm, ids.expand(n, T), prep, needed)
     high = float(_score(st, clean.resid[L][:, -1], prep, metric)[0])
     low = float(_score(st, corr.resid[L][:, -1], prep, metric).mean())
 
@@ -120,7 +122,7 @@ def fast_scores(lm: Any, prep: PreparedFact, cfg: TraceConfig, kinds: tuple[str,
     return out, high, low
 
 
-def _token_cells(lm: Any, kind: str, t: int, clean: _Run, corr: _Run, cfg: TraceConfig, patches: dict
+def _token_cells(lm: Any, kind: str, t: int, clean: RecordedRun, corr: RecordedRun, cfg: TraceConfig, patches: dict
                  ) -> tuple[Float[torch.Tensor, "batch d_model"], list[int]]:
     """Final last-position residuals of every layer's cell restoring token ``t`` for ``kind``, in one
     layer-batched pass. Rows are cell-major (``cell * n_samples + sample``); returns (rows, cell layers)."""

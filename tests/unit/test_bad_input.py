@@ -266,6 +266,26 @@ ROWS: list[Row] = [
         LensMemoryError, r"thresholds\['fluency'\]"),
     Row("cli --batch-size 0", lambda lm, t: _cli("edit", "--model", "tiny", "--out", str(t / "o"), "--sequential",
                                                   "--batch-size", "0"), SystemExit, "2"),
+    # -- localization tests (lens_memory.trace.atp, lens_memory.localize) --
+    Row("atp engine with a severed kind", lambda lm, t: __import__("lens_memory.trace", fromlist=["x"]).TraceConfig(
+        kinds=("hidden", "hidden_sever_mlp"), engine="atp"), ValueError, r"not \['hidden_sever_mlp'\]"),
+    Row("atp_fixes 'gd'", lambda lm, t: __import__("lens_memory.trace", fromlist=["x"]).TraceConfig(
+        engine="atp*", atp_fixes=("gd",)), ValueError, r"atp_fixes \['gd'\]"),
+    Row("sweep method 'ft'", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).SweepConfig(method="ft"),
+        LensMemoryError, "got 'ft'"),
+    Row("sweep memit_width=0", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).SweepConfig(
+        memit_width=0), LensMemoryError, "memit_width must be a positive integer, got 0"),
+    Row("sweep layer 99", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).edit_layer_sweep(
+        lm, [_fact()], __import__("lens_memory.localize", fromlist=["x"]).SweepConfig(layers=(99,))),
+        LensMemoryError, "sweep layer 99 is outside"),
+    Row("hase grids of two shapes", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).hase_regression(
+        [[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0]]), LensMemoryError, r"got \(2, 2\) and \(1, 2\)"),
+    Row("hase grid with a NaN", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).hase_regression(
+        [[1.0, float("nan")], [3.0, 4.0]], [[1.0, 2.0], [0.0, 1.0]]), LensMemoryError, "a NaN or inf"),
+    Row("validation threshold small=2", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).validate_estimate(
+        None, None, small=2), LensMemoryError, "small=2"),
+    Row("cli localize --estimators atp2", lambda lm, t: _cli("localize", "--model", "tiny", "--out", str(t / "o"),
+                                                              "--estimators", "atp2", "--no-sweep"), SystemExit, "2"),
     Row("cli r-ROME on two layers", lambda lm, t: _cli("edit", "--model", "tiny", "--out", str(t / "o"), "--method",
                                                         "rrome", "--layers", "1,2", "--sequential"), SystemExit, "2"),
 ]
