@@ -11,6 +11,10 @@ forward        partial forward (:class:`~lens_memory.stack.DecoderStack`, whole 
                layer 1 at position 6 with a KV prefix) vs the model's own HF forward
 trace          fast causal-tracing engine vs the reference engine, every cell of hidden,  <= 1e-5,
                MLP and attention restoration; the fast engine must be the one selected    fast path
+atp            attribution patching vs exact tracing (window 1, log-prob): largest error  <= 0.1,
+               relative to the largest effect at noise 0.01 sigma_emb, at most half its   first order,
+               value at 0.1 sigma_emb (first order; float32 floors it near 1-7%)
+               (first order); AtP*'s QK fix moves some hidden cell (pattern gradients)    QK active
 knowledge      ``check_knowledge`` top-1 equals the HF forward's argmax (2 prompts), and  agree,
                the automatic noise scale (3 sigma of subject embeddings) is finite > 0    finite
 rome           ``W' k* + b - v*`` of a ROME edit (its update equation), then bit-exact    <= 1e-4,
@@ -50,7 +54,7 @@ __all__ = ["COLUMNS", "check_family", "conformance_matrix", "ConformanceMatrix"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("forward", "trace", "knowledge", "rome", "memit", "lifelong", "steer", "lm_steer", "memory", "parallel")
+COLUMNS = ("forward", "trace", "atp", "knowledge", "rome", "memit", "lifelong", "steer", "lm_steer", "memory", "parallel")
 
 _TEXTS = [f"The {w} is located in the city of {c}. People visit {c} to see the {w} every year."
           for w, c in [("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"),
@@ -106,6 +110,27 @@ def check_trace(lm: Any) -> dict[str, Any]:
     rs, rh, rl = reference_scores(lm, prep, cfg, kinds)
     diff = max([abs(fh - rh), abs(fl - rl)] + [float((fs[k] - rs[k]).abs().max()) for k in kinds])
     return {"trace_max_diff": diff, "trace_fast_path": fast is fast_scores}
+
+
+def check_atp(lm: Any) -> dict[str, Any]:
+    from .trace import TraceConfig, prepare_fact
+    from .trace.atp import atp_scores
+    from .trace.corrupt import subject_embedding_std
+    from .trace.fast import fast_scores
+    from .trace.metrics import answer_log_probability as lp
+
+    kinds, errs, eff = ("hidden", "mlp", "attn"), [], {}
+    std = subject_embedding_std(lm, [_fact()])
+    for scale in (0.1 * std, 0.01 * std):
+        cfg = TraceConfig(kinds=kinds, n_samples=2, noise=scale, window=1, engine="atp")
+        prep = prepare_fact(lm, _fact(), cfg, scale)
+        (fs, _, fl), (a, _, al) = fast_scores(lm, prep, cfg, kinds, lp), atp_scores(lm, prep, cfg, kinds, lp)
+        errs.append(max(float(((fs[k] - fl) - (a[k] - al)).abs().max() / (fs[k] - fl).abs().max()) for k in kinds))
+    for engine, fixes in (("atp", ()), ("atp*", ("qk",))):
+        cfg = TraceConfig(kinds=("hidden",), n_samples=2, noise=1.0, window=1, engine=engine, atp_fixes=fixes)
+        eff[engine] = atp_scores(lm, prepare_fact(lm, _fact(), cfg, 1.0), cfg, ("hidden",), lp)[0]["hidden"]
+    return {"atp_rel_err": errs[1], "atp_rel_err_coarse": errs[0],
+            "atp_qk_active": bool((eff["atp"] - eff["atp*"]).abs().max() > 0)}
 
 
 def check_knowledge_and_noise(lm: Any) -> dict[str, Any]:
@@ -256,7 +281,7 @@ def check_parallel(lm: Any) -> dict[str, Any]:
     return {"parallel_identical": same}
 
 
-_CHECKS = (check_forward, check_trace, check_knowledge_and_noise, check_rome, check_memit, check_lifelong, check_steering,
+_CHECKS = (check_forward, check_trace, check_atp, check_knowledge_and_noise, check_rome, check_memit, check_lifelong, check_steering,
            check_memory, check_parallel)
 
 
@@ -266,6 +291,7 @@ def verdicts(m: dict[str, Any]) -> dict[str, bool]:
     return {
         "forward": m["forward_max_diff"] <= 1e-5,
         "trace": m["trace_max_diff"] <= 1e-5 and m["trace_fast_path"],
+        "atp": m["atp_rel_err"] <= 0.1 and m["atp_rel_err"] <= m["atp_rel_err_coarse"] / 2 and m["atp_qk_active"],
         "knowledge": m["knowledge_agrees"] and math.isfinite(m["noise_scale"]) and m["noise_scale"] > 0,
         "rome": m["rome_equation_err"] <= 1e-4 and m["rome_restored"],
         "memit": memit_ok and m["memit_restored"],
@@ -329,7 +355,7 @@ class ConformanceMatrix:
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
-        worst = {k: max(r[k] for r in self.rows) for k in ("forward_max_diff", "trace_max_diff", "rome_equation_err",
+        worst = {k: max(r[k] for r in self.rows) for k in ("forward_max_diff", "trace_max_diff", "atp_rel_err", "rome_equation_err",
                                                              "lifelong_nullspace_err", "memory_prefix_diff")}
         return {"families": len(self.rows), "all_pass": self.all_pass, **worst,
                 "memit_miss_post_norm": {r["family"]: r["memit_miss"] for r in self.rows if r["memit_post_norm"]},
