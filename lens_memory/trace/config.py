@@ -174,7 +174,10 @@ class TraceConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["kinds"] = list(self.kinds)
-        d["atp_fixes"] = list(self.atp_fixes)
+        if self.engine == "atp*":
+            d["atp_fixes"] = list(self.atp_fixes)
+        else:  # only AtP* reads it; leaving it out keeps the records (and checkpoint keys) of other engines unchanged
+            del d["atp_fixes"]
         return d
 
     @classmethod

@@ -87,7 +87,7 @@ def test_no_known_facts_is_a_clear_error(tiny):
     ({"window": 0}, "window must be a positive integer or 'scaled', got 0"),
     ({"window": "wide"}, "window must be a positive integer or 'scaled', got 'wide'"),
     ({"window": True}, "window must be a positive integer or 'scaled', got True"),
-    ({"engine": "gpu"}, "engine must be 'fast' or 'reference', got 'gpu'"),
+    ({"engine": "gpu"}, r"engine must be one of \['fast', 'reference', 'atp', 'atp\*'\], got 'gpu'"),
 ])
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
