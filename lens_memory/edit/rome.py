@@ -123,7 +123,7 @@ RomeConfig.MODEL_DEFAULTS = MODEL_DEFAULTS
 
 
 def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | None = None,
-         stats: Any = None, contexts: list[str] | None = None) -> Edit:
+         stats: Any = None, contexts: list[str] | None = None, check: bool = True) -> Edit:
     """Compute (not apply) a ROME edit making ``fact.prompt`` answer ``fact.target_new``.
 
     Args:
@@ -134,6 +134,9 @@ def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | 
         stats: a precomputed :class:`~lens_memory.edit.stats.KeyStats` for the layer.
         contexts: the context templates (default: generated on the current weights; a sequence of edits
             fixes them on the unedited model, as the reference code's cache does).
+        check: refuse a fact the current model already answers with the new target (default). A sequence
+            checks its facts once on the unedited model and then writes every one, as MEMIT's batches do, even
+            when an earlier edit has already made the model give a later fact's new answer.
 
     Returns:
         an :class:`~lens_memory.edit.artifact.Edit`; apply it with ``with edit.apply(lm): ...``.
@@ -141,7 +144,8 @@ def rome(lm: Any, fact: Fact, config: RomeConfig | None = None, *, layer: int | 
     cfg = config or RomeConfig.for_model(lm)
     L = lm.check_layer(layer if layer is not None else (cfg.layer if cfg.layer is not None else default_layer(lm)))
     cfg = dataclasses.replace(cfg, layer=L)
-    check_requests(lm, [fact])
+    if check:
+        check_requests(lm, [fact])
     t0 = time.perf_counter()
     st = stats if stats is not None else key_statistics(lm, L, cfg.stats)[L]
     check_stats(st, lm, L)

@@ -195,7 +195,8 @@ def _write_batch(lm: Any, run: _Run, batch: list[Fact]) -> tuple[list[Edit], lis
         if run.method in ("rome", "rrome"):
             L = run.cfg.layer
             for f in batch:
-                edits.append(rome(lm, f, run.cfg, stats=run.stats[L], contexts=run.contexts))
+                # checked on the unedited model (_check_args); an earlier edit may already give this fact's new answer
+                edits.append(rome(lm, f, run.cfg, stats=run.stats[L], contexts=run.contexts, check=False))
                 handles.append(edits[-1].apply(lm))
             return edits, handles, None
         solve = alphaedit_solver(run.state, run.cfg) if run.method == "alphaedit" else memit_solver(run.stats, run.cfg)

@@ -12,6 +12,7 @@ from lens_memory.corpus import load_corpus
 from lens_memory.edit import StatsConfig, key_statistics, memit
 from lens_memory.edit.alphaedit import AlphaEditConfig, alphaedit
 from lens_memory.edit.memit import MemitConfig
+from lens_memory.edit.rome import rome
 from lens_memory.edit.sequence import EditSequence, sequence_config, sequential_edit
 from lens_memory.edit.solve import alphaedit_update, memit_update, nullspace_projector
 from lens_memory.edit.weights import linear_weight
@@ -131,6 +132,26 @@ def test_sequence_applies_and_removes_bit_for_bit(tiny, stats, method):
     assert _same_state(tiny, before) and tiny.handles == []
     if method == "alphaedit":  # the second batch saw the first batch's keys
         assert seq.edits[1].info["n_prev_keys"] == 2 and len(seq.keys) == 2
+
+
+def test_a_sequence_writes_a_fact_an_earlier_edit_already_answers(tiny, stats, monkeypatch):
+    """The facts are checked once, on the unedited model; a later fact whose new answer an earlier edit already gives
+    (found on Gemma: 'Argentina ... French' after earlier r-ROME edits) is still written, as in a MEMIT batch."""
+    import dataclasses
+
+    import lens_memory.edit.sequence as sequence
+
+    cfg = sequence_config(tiny, "rome", layers=[1], **SHORT)
+    f = FACTS[0]
+    answered = dataclasses.replace(f, target_new=tiny.decode(int(tiny.next_token_probs(f.prompt).argmax())).strip())
+    with pytest.raises(LensMemoryError, match="already answers"):
+        rome(tiny, answered, cfg, stats=stats[1])
+    edit = rome(tiny, answered, cfg, stats=stats[1], check=False)  # computed all the same
+    assert edit.layers == [1]
+    seen = []
+    monkeypatch.setattr(sequence, "rome", lambda *a, **k: seen.append(k.get("check", True)) or rome(*a, **k))
+    sequential_edit(tiny, FACTS[:2], "rome", 1, config=cfg, stats=stats, progress=False)
+    assert seen == [False, False]
 
 
 def test_each_batch_is_computed_on_the_model_the_earlier_batches_produced(tiny, stats):
