@@ -43,14 +43,19 @@ __all__ = ["HaseRegression", "hase_regression", "hase_effects", "r_squared", "MO
 MODELS = ("tracing", "layer", "layer+tracing", "layer*tracing")
 
 
-def r_squared(y: np.ndarray, X: np.ndarray) -> float:
-    """Ordinary least squares R² of ``y`` on the columns of ``X`` (``X`` must contain the intercept,
-    explicitly or as a full set of indicators): ``1 - SS_res / SS_tot``; NaN when ``y`` is constant."""
+def _ols(y: np.ndarray, X: np.ndarray) -> tuple[float, np.ndarray]:
+    """Ordinary least squares of ``y`` on ``X``: (R² = ``1 - SS_res / SS_tot``, NaN when ``y`` is constant; β)."""
     y = np.asarray(y, float)
     beta, *_ = np.linalg.lstsq(X, y, rcond=None)
     ss_res = float(np.sum((y - X @ beta) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return float("nan") if ss_tot == 0 else 1.0 - ss_res / ss_tot
+    return (float("nan") if ss_tot == 0 else 1.0 - ss_res / ss_tot), beta
+
+
+def r_squared(y: np.ndarray, X: np.ndarray) -> float:
+    """Ordinary least squares R² of ``y`` on the columns of ``X`` (``X`` must contain the intercept,
+    explicitly or as a full set of indicators): ``1 - SS_res / SS_tot``; NaN when ``y`` is constant."""
+    return _ols(y, X)[0]
 
 
 def _design(model: str, effect: np.ndarray, layer: np.ndarray, n_layers: int) -> np.ndarray:
@@ -71,12 +76,12 @@ def _fit_all(success: np.ndarray, effect: np.ndarray) -> dict[str, float]:
     n_facts, n_layers = success.shape
     y, x = success.reshape(-1), effect.reshape(-1)
     layer = np.tile(np.arange(n_layers), n_facts)
-    out = {f"r2_{m}": r_squared(y, _design(m, x, layer, n_layers)) for m in MODELS}
+    fits = {m: _ols(y, _design(m, x, layer, n_layers)) for m in MODELS}
+    out = {f"r2_{m}": r2 for m, (r2, _) in fits.items()}
     out["r2_added_by_tracing"] = out["r2_layer*tracing"] - out["r2_layer"]
     out["r2_added_by_tracing_additive"] = out["r2_layer+tracing"] - out["r2_layer"]
     for m in ("tracing", "layer+tracing"):  # the interaction model has one slope per layer: no single slope
-        beta, *_ = np.linalg.lstsq(_design(m, x, layer, n_layers), y, rcond=None)
-        out[f"slope_{m}"] = float(beta[-1])
+        out[f"slope_{m}"] = float(fits[m][1][-1])
     return out
 
 

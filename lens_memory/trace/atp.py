@@ -58,7 +58,7 @@ from .corrupt import PreparedFact
 from .fast import record_run
 from .metrics import Metric, resolve_metric
 
-__all__ = ["atp_scores", "GradRun", "corrupted_gradients", "node_estimates", "ATP_KINDS"]
+__all__ = ["atp_scores", "GradRun", "corrupted_gradients", "node_estimates", "noised_embedding", "ATP_KINDS"]
 
 #: restorations attribution patching estimates
 ATP_KINDS = ("hidden", "mlp", "attn")
@@ -78,6 +78,16 @@ class GradRun:
     scores: torch.Tensor
 
 
+def noised_embedding(lm: Any, prep: PreparedFact) -> Float[torch.Tensor, "n_samples pos d_model"]:
+    """The corrupted run's input: the embeddings of ``prep``'s prompt, one row per noise sample, with that
+    sample's noise added over the subject tokens; a leaf that requires grad (call inside ``enable_grad``)."""
+    n, T = prep.noise.shape[0], prep.n_tokens
+    s0, s1 = prep.subject_range
+    h = lm.stack.embed(prep.ids[None].to(lm.device).expand(n, T)).clone()
+    h[:, s0:s1] = h[:, s0:s1] + prep.noise
+    return h.requires_grad_(True)
+
+
 def corrupted_gradients(lm: Any, prep: PreparedFact, kinds: tuple[str, ...], metric: Metric,
                         drop_layer: int | None = None) -> GradRun:
     """One corrupted forward pass (all noise samples) and one backward pass of the summed metric.
@@ -86,13 +96,8 @@ def corrupted_gradients(lm: Any, prep: PreparedFact, kinds: tuple[str, ...], met
     but no gradient (``h + stop_grad(block(h) - h)``), so every upstream gradient misses the paths through it.
     """
     st, L = lm.stack, lm.n_layers
-    n, T = prep.noise.shape[0], prep.n_tokens
-    s0, s1 = prep.subject_range
-    ids = prep.ids[None].to(lm.device).expand(n, T)
     with torch.enable_grad():
-        h = st.embed(ids).clone()
-        h[:, s0:s1] = h[:, s0:s1] + prep.noise
-        h.requires_grad_(True)
+        h = noised_embedding(lm, prep)
         acts: dict[str, list] = {k: [None] * L for k in kinds}
         hooks = []
         for k in kinds:

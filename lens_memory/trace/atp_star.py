@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float
 
 from ..hooks import hook_name
-from .atp import corrupted_gradients, node_estimates
+from .atp import corrupted_gradients, node_estimates, noised_embedding
 from .config import TraceConfig
 from .corrupt import PreparedFact
 from .metrics import Metric
@@ -63,12 +63,8 @@ def _pattern_run(lm: Any, prep: PreparedFact, metric: Metric) -> tuple[list[torc
     """Corrupted pass keeping the graph: per layer the block input, the pattern, ``dM/dA`` and the pattern path's
     gradient at the block input (``J_A^T dM/dA``)."""
     st, L = lm.stack, lm.n_layers
-    n, T = prep.noise.shape[0], prep.n_tokens
-    s0, s1 = prep.subject_range
     with torch.enable_grad():
-        h = st.embed(prep.ids[None].to(lm.device).expand(n, T)).clone()
-        h[:, s0:s1] = h[:, s0:s1] + prep.noise
-        h.requires_grad_(True)
+        h = noised_embedding(lm, prep)
         pats: list = [None] * L
 
         def grab(x, hook, j):
