@@ -118,8 +118,12 @@ def run_localize(lm: Any, facts: Sequence[Any], trace_config: Any = None, sweep_
 
 
 def _hase_keys(exact: Any, sw: Any, reg: Any) -> dict[str, Any]:
-    """The regression's headline numbers and how often the best edit layer is the traced peak."""
-    per_fact_peak = [int(np.argmax(t.effect("mlp")[:, t.subject_range[1] - 1].numpy())) for t in exact.traces]
+    """The regression's headline numbers and how often the best edit layer is the traced peak.
+
+    The traced peak is the MLP cell's largest effect at the last subject token among the *swept* layers (a peak
+    at a layer that was not edited could never agree); ``traced_peak_layers_all`` is the peak over every layer."""
+    mlp_last = [t.effect("mlp")[:, t.subject_range[1] - 1].numpy() for t in exact.traces]
+    per_fact_peak = [int(sw.layers[int(np.argmax(e[list(sw.layers)]))]) for e in mlp_last]
     best = sw.best_layers("rewrite_score")
     mean_curve = sw.curve("rewrite_score")[0]
     s = reg.stats
@@ -130,5 +134,6 @@ def _hase_keys(exact: Any, sw: Any, reg: Any) -> dict[str, Any]:
             "hase_conclusion": reg.conclusion(),
             "best_edit_layer_agreement": float(np.mean([b == p for b, p in zip(best, per_fact_peak)])),
             "best_edit_layers": best, "traced_peak_layers": per_fact_peak,
+            "traced_peak_layers_all": [int(np.argmax(e)) for e in mlp_last],
             "best_mean_edit_layer": int(sw.layers[int(np.argmax(mean_curve))]),
             "mean_rewrite_score_by_layer": [round(float(x), 4) for x in mean_curve]}

@@ -140,5 +140,7 @@ def test_cli_localize_on_the_tiny_model(tmp_path, capsys):
                 "hase_r2_layer_only", "best_edit_layer_agreement", "hase_conclusion"):
         assert key in s, key
     assert set(s["atp_spearman_mean"]) == {"hidden", "mlp", "attn"}
+    # the best edit layer is compared with the traced peak among the swept layers, not over every layer
+    assert set(s["traced_peak_layers"]) <= {0, 1} and len(s["traced_peak_layers_all"]) == len(s["best_edit_layers"])
     for stem in ("validation_atp", "validation_atpstar", "sweep", "hase", "aie_exact"):
         assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file()
