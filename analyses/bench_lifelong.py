@@ -1,4 +1,4 @@
-"""Benchmark: lifelong editing on the embedded model -- MEMIT vs AlphaEdit vs sequential ROME vs r-ROME.
+"""Benchmark: lifelong editing on the embedded model -- MEMIT vs AlphaEdit vs sequential ROME, p-ROME and r-ROME.
 
 Each method writes the same ``--facts`` built-in **test-split** facts (spread over relations) in batches
 of ``--batch-size``, every batch computed on the model the earlier batches produced
@@ -7,18 +7,25 @@ batch (:mod:`lens_memory.harness.lifelong`): retention of all edits so far, the 
 accuracy on the true objects of ``--heldout`` unedited test facts the model knows, and perplexity on
 ``--text-tokens`` tokens of held-out prose (the offline corpus; Gemma's key statistics come from model
 samples, so the text is not the statistics' text). After the last batch all edited facts are scored
-again (efficacy = retention, paraphrase, neighbourhood; ROME's success metrics, 95% intervals).
+again (efficacy = retention, paraphrase, neighbourhood; ROME's success metrics, 95% intervals: Wilson for
+retention, bootstrap for the per-fact means). Neighbourhood prompts about subjects the sequence edited are left
+out by the same rule as every other edit evaluation (:func:`lens_memory.harness.knowledge.unedited_neighbours`;
+their changed answers are retained edits, not leakage); ``neighborhood_dropped`` counts them.
+
+p-ROME and r-ROME are Gupta et al.'s (2024) names: p-ROME uses the plain prompt's key in both places of ROME's
+update, r-ROME the prefix-averaged key in both places (:mod:`lens_memory.edit.rome`).
 
 Settings are each method's model defaults (layers, λ, clamp: chosen on dev facts earlier; AlphaEdit's
 threshold 2e-2 and l2 = 10 are the paper's), except that ROME and r-ROME use MEMIT's context templates
-(5 generated prefixes of 10 tokens instead of ROME's 5 + 5 of 5 and 10 tokens), so all four methods see
+(5 generated prefixes of 10 tokens instead of ROME's 5 + 5 of 5 and 10 tokens), so all five methods see
 the same prompts and differ in the update only. Every method checkpoints after each batch under
 ``--work`` and a rerun resumes where it stopped, so the run can be split over several sittings.
 
 Prints a table and, as the last line, one JSON object keyed by method, each with ``retention``,
-``neighborhood``, ``heldout_accuracy_ratio`` and ``perplexity_ratio`` after the last batch.
+``neighborhood``, ``neighborhood_dropped``, ``heldout_accuracy_ratio`` and ``perplexity_ratio`` after the last
+batch.
 
-    python analyses/bench_lifelong.py [--facts 200] [--batch-size 20] [--methods alphaedit,memit,rrome,rome]
+    python analyses/bench_lifelong.py [--facts 200] [--batch-size 20] [--methods alphaedit,memit,rome,prome,rrome]
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ def main() -> None:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--facts", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=20)
-    ap.add_argument("--methods", default="alphaedit,memit,rrome,rome")
+    ap.add_argument("--methods", default="alphaedit,memit,rome,prome,rrome")
     ap.add_argument("--heldout", type=int, default=60)
     ap.add_argument("--text-tokens", type=int, default=1024)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "lens_memory" / "bench_lifelong"))
@@ -59,7 +66,7 @@ def main() -> None:
                  "threads": torch.get_num_threads()}
     table, healths = [], []
     for method in args.methods.split(","):
-        # all four share MEMIT's context templates (5 prefixes of 10 tokens), so they differ in the update rule
+        # all five share MEMIT's context templates (5 prefixes of 10 tokens), so they differ in the update rule
         # only (and ROME's 10 prefixes would double its 27 s per edit); MEMIT/AlphaEdit optimise a batch's
         # targets in one chunk (exact either way, fewer passes)
         cfg = sequence_config(lm, method, **({"context_lengths": ((10, 5),)} if "rome" in method
@@ -74,6 +81,8 @@ def main() -> None:
             "paraphrase_ci95": s["final_paraphrase_success_ci95"],
             "neighborhood": round(s["final_neighborhood_success"], 4),
             "neighborhood_ci95": s["final_neighborhood_success_ci95"], "n": s["final_n"],
+            "neighborhood_n": s["final_neighborhood_n"], "neighborhood_dropped": s["final_neighborhood_dropped"],
+            "neighborhood_prompts": s["final_neighborhood_prompts"],
             "heldout_accuracy_ratio": s["heldout_accuracy_ratio"], "perplexity_ratio": s["perplexity_ratio"],
             "max_delta_norm": s["max_delta_norm"], "solve_condition_last": s["solve_condition"],
             "first_failure": s["first_failure"], "layers": s["layers"], "edit_seconds": round(s["edit_seconds"], 1),

@@ -53,7 +53,7 @@ def _cmd_trace(args) -> dict:
 
 
 def _cmd_localize(args) -> dict:
-    from .facts import load_facts
+    from .facts import load_facts, sample_known_facts, spread_facts
     from .localize import SweepConfig
     from .models import load_model
     from .trace import TraceConfig
@@ -66,10 +66,13 @@ def _cmd_localize(args) -> dict:
     cfg = TraceConfig(kinds=("hidden", "mlp", "attn"), n_samples=args.samples, window=args.window)
     layers = tuple(int(x) for x in args.sweep_layers.split(",")) if args.sweep_layers else None
     sweep = SweepConfig(layers=layers, method=args.sweep_method)
-    facts = load_facts(args.facts, args.limit, split=args.split)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    pool = load_facts(args.facts, split=args.split)  # --limit takes facts spread over relations, as the benchmarks
+    facts = (spread_facts([f for f in pool if f.target_new], args.limit) if args.include_unknown
+             else sample_known_facts(lm, pool, args.limit))
     with cluster(args, lm):
-        summary = run_localize(lm, facts, cfg, sweep, estimators=estimators,
+        summary = run_localize(lm, facts, cfg, sweep, estimators=estimators, n_perm=args.perm,
+                               checkpoint_dir=args.out / ".checkpoints",
                                sweep=not args.no_sweep, n_boot=args.boot, source=str(args.facts),
                                only_known=not args.include_unknown)
     summary.save(args.out)

@@ -72,6 +72,8 @@ def _add_localize(sub: Any) -> None:
     lo.add_argument("--include-unknown", action="store_true",
                     help="also facts the model does not know (e.g. on a random test model; the paper uses known ones)")
     lo.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of facts for the R² intervals")
+    lo.add_argument("--perm", type=int, default=1000,
+                    help="permutations of facts for the permutation check of the Hase et al. F-test")
 
 
 def _add_edit(sub: Any) -> None:
@@ -79,9 +81,10 @@ def _add_edit(sub: Any) -> None:
     _common(e)
     add_cluster_args(e)
     _facts_args(e)
-    e.add_argument("--method", default="rome", choices=["rome", "rrome", "memit", "alphaedit"],
-                   help="rrome: ROME with r-ROME's prompt keys; alphaedit: MEMIT with AlphaEdit's null-space projection")
-    e.add_argument("--layer", type=int, default=None, help="ROME / r-ROME layer (default: traced suggestion)")
+    e.add_argument("--method", default="rome", choices=["rome", "prome", "rrome", "memit", "alphaedit"],
+                   help="prome: ROME with p-ROME's plain prompt keys; rrome: r-ROME's prefix-averaged keys (Gupta et al. "
+                        "2024); alphaedit: MEMIT with AlphaEdit's null-space projection")
+    e.add_argument("--layer", type=int, default=None, help="ROME / p-ROME / r-ROME layer (default: traced suggestion)")
     e.add_argument("--layers", default=None, help="MEMIT / AlphaEdit layers, comma list (default: traced suggestion)")
     e.add_argument("--trace-facts", type=int, default=3,
                    help="dev-split facts traced (MLP restoration) to suggest the layer(s); 0 uses the model's default")

@@ -54,7 +54,7 @@ import torch
 
 __all__ = ["TargetScores", "score_targets", "target_probability", "prompt_set_metrics", "fact_scores", "score_s",
            "word_tokenize", "fluency_tokenizer", "ngram_entropy", "generation_entropy", "rome_generation_text",
-           "tfidf_similarity", "mean_ci", "KINDS"]
+           "tfidf_similarity", "mean_ci", "proportion_ci", "KINDS"]
 
 #: the three CounterFact prompt sets, in the order of every table
 KINDS = ("efficacy", "paraphrase", "neighborhood")
@@ -286,11 +286,45 @@ def tfidf_similarity(texts: Sequence[str], references: Sequence[str]) -> float:
     return float(a @ b / den) if den > 0 else 0.0
 
 
-def mean_ci(x: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
-    """Mean and normal-approximation 95% interval (NaNs ignored)."""
+def proportion_ci(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float, float]:
+    """A proportion ``successes / n`` with its Wilson score interval (Wilson 1927; statsmodels'
+    ``proportion_confint(method="wilson")``): never outside ``[0, 1]``, never zero-width for ``0 < n``,
+    and accurate for small ``n`` and proportions near 0 or 1, where the normal approximation is not."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = proportion_confint(int(successes), int(n), alpha=alpha, method="wilson")
+    return successes / n, max(0.0, float(lo)), min(1.0, float(hi))
+
+
+def mean_ci(x: Sequence[float], *, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float, float]:
+    """Mean and 95% interval of ``x`` (NaNs and ``None`` ignored), the interval chosen by what ``x`` is.
+
+    * every value 0 or 1 -- a **proportion** (e.g. ROME's efficacy success per fact): the Wilson interval
+      (:func:`proportion_ci`);
+    * otherwise -- a mean of non-binary values (a fact's paraphrase success over two prompts, a rewrite score,
+      a Spearman correlation): the BCa bootstrap interval (``scipy.stats.bootstrap``, ``n_resamples``
+      resamples, seeded: the same ``x`` gives the same interval), the percentile interval where BCa is
+      undefined (e.g. all values equal: then the interval is the value itself).
+
+    With one non-binary value there is no interval (NaN bounds).
+    """
+    from scipy.stats import bootstrap
+
     a = np.asarray([v for v in x if v is not None and not np.isnan(v)], dtype=float)
     if len(a) == 0:
         return float("nan"), float("nan"), float("nan")
     m = float(a.mean())
-    h = float(z * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
-    return m, m - h, m + h
+    if np.isin(a, (0.0, 1.0)).all():
+        return m, *proportion_ci(int(a.sum()), len(a))[1:]
+    if len(a) == 1:
+        return m, float("nan"), float("nan")
+    if np.all(a == a[0]):
+        return m, m, m
+    for method in ("BCa", "percentile"):
+        ci = bootstrap((a,), np.mean, n_resamples=n_resamples, method=method, vectorized=True,
+                       rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            break
+    return m, float(ci.low), float(ci.high)

@@ -20,11 +20,18 @@ is the key of the plain edit prompt and ``k̄`` the key averaged over the contex
 * ``"original"`` (default) -- kmeng01/rome's code: direction ``C⁻¹k̄`` (``compute_u``) but the
   plain prompt's key in the denominator (``compute_v``), ``ΔW = δ (C⁻¹k̄)ᵀ / ((C⁻¹k̄)ᵀ k_plain)``,
   so ``W' k_plain = v*``. Gupta et al. (2024) trace ROME's "disabling edits" to this asymmetry.
-* ``"rrome"`` -- r-ROME (Gupta, Baskaran & Anumanchipalli 2024, "Rebuilding ROME"), prompt keys
-  (``enable_prompt_keys``): ``k_plain`` everywhere, ``ΔW = δ (C⁻¹k_plain)ᵀ / ((C⁻¹k_plain)ᵀ k_plain)``.
-* ``"rrome_prefix"`` -- r-ROME's random-prefix-key option (``enable_random_prefix_keys``, EasyEdit's
-  R-ROME default): ``k̄`` everywhere and the target measured from the averaged outputs,
+* ``"prome"`` -- **p-ROME**, Gupta, Baskaran & Anumanchipalli's (2024, "Rebuilding ROME") name for the
+  variant with the plain prompt's key in both places (rebuilding-rome's ``enable_prompt_keys`` with
+  ``original_implementation=False``): ``ΔW = δ (C⁻¹k_plain)ᵀ / ((C⁻¹k_plain)ᵀ k_plain)``.
+* ``"rrome"`` -- **r-ROME**, the paper's fix: the prefix-averaged key ``k̄`` in both places (the equation of
+  rebuilding-rome's README, ``k_* = (1/N) Σ_j k(x_j + s)``; ``rome_hparams.enable_random_prefix_keys``,
+  its default, and EasyEdit's R-ROME), the target measured from the averaged outputs as ``compute_v`` does
+  (``target_init`` is the plain prompt's MLP output, ``cur_output`` the prefix average):
   ``ΔW = (W k_plain + δ - W k̄)(C⁻¹k̄)ᵀ / ((C⁻¹k̄)ᵀ k̄)``, so ``W' k̄ = v*``.
+
+Before issue 29 these two were called ``"rrome"`` (now ``"prome"``) and ``"rrome_prefix"`` (now ``"rrome"``);
+``"rrome_prefix"`` is refused with a message saying so. Sequential editing names the methods the same way
+(:data:`ROME_METHODS`: ``"rome"``, ``"prome"``, ``"rrome"``).
 
 The KL "essence" term is read at the subject's last token of ``"{subject} is a"``, as in the
 reference code (``kl_position="subject_last"``); ``"prompt_last"`` reads it at the prompt's last
@@ -58,11 +65,16 @@ from .targets import (EditRows, build_rows, check_requests, context_templates, l
                       per_fact_mean)
 from .weights import key_hook, linear_weight, out_proj, proj_weight, tensor_sha256, value_hook
 
-__all__ = ["RomeConfig", "rome", "default_layer", "KEY_MODES"]
+__all__ = ["RomeConfig", "rome", "default_layer", "KEY_MODES", "ROME_METHODS"]
 
 log = logging.getLogger(__name__)
 
-KEY_MODES = ("original", "rrome", "rrome_prefix")
+KEY_MODES = ("original", "prome", "rrome")
+#: edit method name -> its ROME key mode (``lens-memory edit --method``, sequential editing)
+ROME_METHODS = {"rome": "original", "prome": "prome", "rrome": "rrome"}
+#: spellings from before issue 29 that now mean something else, and what to write instead
+_RENAMED = {"rrome_prefix": "'rrome_prefix' is now called 'rrome' (r-ROME, prefix-averaged keys, Gupta et al. 2024); "
+                            "the plain-prompt-key variant formerly called 'rrome' is 'prome' (p-ROME)"}
 
 #: fallback edit layer when nothing is traced: the MLP peak of causal tracing (3 dev facts in bench_rome_dev: 5)
 _TRACED_LAYER = {"gemma-3-270m": 5}
@@ -92,7 +104,7 @@ class RomeConfig(EditConfigBase):
         v_steps, v_lr, v_weight_decay, clamp_norm_factor, kl_factor, early_stop_loss: the target
             optimisation (:func:`~lens_memory.edit.targets.optimise_targets`).
         context_lengths: ``(tokens, count)`` of generated context prefixes (paper: (5, 10), (10, 10)).
-        key_mode: ``"original"``, ``"rrome"`` or ``"rrome_prefix"`` (see module docstring).
+        key_mode: ``"original"`` (ROME), ``"prome"`` (p-ROME) or ``"rrome"`` (r-ROME); see module docstring.
         kl_position: ``"subject_last"`` (reference code) or ``"prompt_last"``.
         ridge: extra diagonal regularisation of ``C`` (times its mean eigenvalue).
         stats: how ``C`` is estimated.
@@ -115,6 +127,8 @@ class RomeConfig(EditConfigBase):
     def __post_init__(self) -> None:
         self._validate(("v_steps", "v_lr", "clamp_norm_factor"),
                        ("v_weight_decay", "kl_factor", "early_stop_loss", "ridge"))
+        if self.key_mode in _RENAMED:
+            raise LensMemoryError(f"RomeConfig.key_mode {_RENAMED[self.key_mode]}")
         if self.key_mode not in KEY_MODES:
             raise LensMemoryError(f"RomeConfig.key_mode must be one of {KEY_MODES}, got {self.key_mode!r}")
 
@@ -186,10 +200,10 @@ def _rank_one(lm: Any, L: int, C: torch.Tensor, acts: dict[str, torch.Tensor], r
     if key_mode == "original":
         U, V = rome_update(C, k_bar, delta, k_denominator=k_plain)
         return U, V, k_plain, k_bar
-    if key_mode == "rrome":
+    if key_mode == "prome":
         U, V = rome_update(C, k_plain, delta)
         return U, V, k_plain, k_plain
-    # rrome_prefix: target W k_plain + δ, measured from the prefix-averaged output W k̄ (biases cancel)
+    # rrome: target W k_plain + δ, measured from the prefix-averaged output W k̄ (biases cancel)
     v_bar = per_fact_mean(acts[value_hook(L)], rows)[0]
     residual = acts[value_hook(L)][rows.first_row[0]].double() + delta - v_bar
     U, V = rome_update(C, k_bar, residual)

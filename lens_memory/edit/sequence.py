@@ -1,9 +1,9 @@
 """Lifelong editing: a sequence of edit batches, each computed on the model the earlier ones produced.
 
-:func:`sequential_edit` writes ``facts`` in batches of ``batch_size`` with one of four methods:
+:func:`sequential_edit` writes ``facts`` in batches of ``batch_size`` with one of five methods:
 
-* ``"rome"`` / ``"rrome"`` -- ROME with kmeng01/rome's keys, or r-ROME's prompt keys (Gupta et al. 2024,
-  :mod:`.rome`); rank-one by definition, so a batch is ``batch_size`` edits written one after the
+* ``"rome"`` / ``"prome"`` / ``"rrome"`` -- ROME with kmeng01/rome's keys, p-ROME's plain prompt keys or
+  r-ROME's prefix-averaged keys (Gupta et al. 2024, :mod:`.rome`); rank-one by definition, so a batch is ``batch_size`` edits written one after the
   other and the batch is only the unit of checkpoints and health measurements;
 * ``"memit"`` -- sequential MEMIT: each batch is one MEMIT edit on the edited model (EasyEdit's and
   AlphaEdit's "sequential MEMIT" baseline), preserving ``λ C`` of the *unedited* model;
@@ -40,7 +40,7 @@ from ..harness.lifelong import HealthConfig, HealthProbe, LifelongHealth
 from .alphaedit import AlphaEditConfig, alphaedit_solver, alphaedit_state, batch_keys
 from .artifact import Edit
 from .memit import MemitConfig, memit_layers, memit_solver, window_edit
-from .rome import RomeConfig, default_layer, rome
+from .rome import ROME_METHODS, RomeConfig, default_layer, rome
 from .stats import key_statistics
 from .targets import check_requests, context_templates
 from .weights import linear_weight
@@ -49,7 +49,7 @@ __all__ = ["EditSequence", "SequenceHandle", "sequential_edit", "sequence_config
 
 log = logging.getLogger(__name__)
 
-SEQUENTIAL_METHODS = ("rome", "rrome", "memit", "alphaedit")
+SEQUENTIAL_METHODS = ("rome", "prome", "rrome", "memit", "alphaedit")
 KIND = "edit_sequence"
 
 
@@ -59,25 +59,24 @@ def _check_method(method: Any) -> None:
 
 
 def _check_config(method: str, config: Any) -> None:
-    """Refuse a config of another method (``"rrome"`` is a RomeConfig with ``key_mode="rrome"``)."""
-    want = {"rome": RomeConfig, "rrome": RomeConfig, "memit": MemitConfig, "alphaedit": AlphaEditConfig}[method]
+    """Refuse a config of another method (``"prome"`` / ``"rrome"``: a RomeConfig with that ``key_mode``)."""
+    want = RomeConfig if method in ROME_METHODS else {"memit": MemitConfig, "alphaedit": AlphaEditConfig}[method]
     ok = isinstance(config, want) and not (method == "memit" and isinstance(config, AlphaEditConfig))
     if ok and want is RomeConfig:
-        ok = (config.key_mode == "rrome") == (method == "rrome")
+        ok = config.key_mode == ROME_METHODS[method]
     if not ok:
         raise LensMemoryError(f"config {type(config).__name__}(key_mode={getattr(config, 'key_mode', None)!r}) is not "
                               f"a config of method {method!r}; use sequence_config(model, {method!r}, ...)")
 
 
 def sequence_config(lm: Any, method: str, layers: Sequence[int] | None = None, **overrides: Any) -> Any:
-    """The model's config of ``method`` (``"rrome"``: ROME with ``key_mode="rrome"``) at ``layers``."""
+    """The model's config of ``method`` (``"prome"`` / ``"rrome"``: ROME with that ``key_mode``) at ``layers``."""
     _check_method(method)
-    if method in ("rome", "rrome"):
+    if method in ROME_METHODS:
         if layers is not None and len(list(layers)) != 1:
-            raise LensMemoryError(f"{'ROME' if method == 'rome' else 'r-ROME'} edits one layer, got layers {list(layers)}")
+            raise LensMemoryError(f"{method} edits one layer, got layers {list(layers)}")
         layer = lm.check_layer(list(layers)[0]) if layers is not None else default_layer(lm)
-        mode = {"key_mode": "rrome"} if method == "rrome" else {}
-        return RomeConfig.for_model(lm, layer=layer, **{**mode, **overrides})
+        return RomeConfig.for_model(lm, layer=layer, **{"key_mode": ROME_METHODS[method], **overrides})
     cls = AlphaEditConfig if method == "alphaedit" else MemitConfig
     return memit_layers(lm, cls.for_model(lm, **overrides), layers)[0]
 
@@ -192,7 +191,7 @@ def _write_batch(lm: Any, run: _Run, batch: list[Fact]) -> tuple[list[Edit], lis
     """Compute and apply one batch; return its edits, their handles and (AlphaEdit) the batch's keys."""
     edits, handles = [], []
     try:
-        if run.method in ("rome", "rrome"):
+        if run.method in ROME_METHODS:
             L = run.cfg.layer
             for f in batch:
                 # checked on the unedited model (_check_args); an earlier edit may already give this fact's new answer
@@ -265,7 +264,7 @@ def _start(lm: Any, facts: list[Fact], method: str, batch_size: int, cfg: Any, s
            checkpoint: Any) -> tuple[_Run, EditSequence]:
     """The sequence so far (a checkpoint's); statistics, contexts and (AlphaEdit) projectors of the unedited model."""
     seq = _resume(Path(checkpoint), lm, facts, method, batch_size, cfg) if checkpoint is not None else None
-    layers = [cfg.layer] if method in ("rome", "rrome") else list(cfg.layers)
+    layers = [cfg.layer] if method in ROME_METHODS else list(cfg.layers)
     st = dict(stats or {})
     missing = [j for j in layers if j not in st]
     if missing:
@@ -295,7 +294,7 @@ def sequential_edit(lm: Any, facts: Sequence[Fact], method: str, batch_size: int
     Args:
         lm: the unedited model (no edit may be applied); it is unchanged on return.
         facts: facts with ``target_new``, in the order they are written.
-        method: ``"rome"``, ``"rrome"``, ``"memit"`` or ``"alphaedit"``.
+        method: one of :data:`SEQUENTIAL_METHODS` (``"rome"``, ``"prome"``, ``"rrome"``, ``"memit"``, ``"alphaedit"``).
         batch_size: facts per batch (ROME / r-ROME: edits between checkpoints and health rows).
         layers: the edited layer(s) (default: the method's model default).
         config: the method's config (default: :func:`sequence_config`).

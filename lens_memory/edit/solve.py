@@ -14,6 +14,11 @@ which for one key tends to ROME's update as ``λ → 0``. ``K Kᵀ`` and ``R K�
 over chunks of keys, so memory stays ``O(d²)`` for any number of edits. Updates are returned as
 low-rank factors ``ΔW = U Vᵀ`` when their rank is small, else as one dense matrix.
 
+AlphaEdit (Fang et al. 2025) projects MEMIT-style updates onto the null space of ``C``
+(:func:`nullspace_basis`, :func:`nullspace_projector`; the split by an absolute eigenvalue is the paper's,
+the split by a share of ``trace(C)`` is ours and scale-free) and solves its eq. 14
+(:func:`alphaedit_update`).
+
 An ill-conditioned ``C`` (few tokens, dead units) is regularised by adding ``ridge * mean
 eigenvalue`` to its diagonal, with a warning naming the condition number.
 """
@@ -26,8 +31,13 @@ import warnings
 import torch
 from jaxtyping import Float
 
-__all__ = ["regularise", "rome_update", "memit_update", "nullspace_projector", "alphaedit_update",
-           "IllConditionedWarning"]
+from ..errors import LensMemoryError
+
+__all__ = ["regularise", "rome_update", "memit_update", "nullspace_basis", "nullspace_projector", "alphaedit_update",
+           "NULLSPACE_RULES", "IllConditionedWarning"]
+
+#: how AlphaEdit's null-space threshold is read (:func:`nullspace_basis`)
+NULLSPACE_RULES = ("absolute", "relative")
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +104,44 @@ def memit_update(C: Float[torch.Tensor, "d_mlp d_mlp"], K: Float[torch.Tensor, "
     return torch.cholesky_solve(RK.T, L).T, None
 
 
-def nullspace_projector(C: Float[torch.Tensor, "d_mlp d_mlp"], threshold: float
-                        ) -> tuple[Float[torch.Tensor, "d_mlp d_mlp"], int]:
-    """AlphaEdit's ``P = Û Ûᵀ``: the projector onto the eigenvectors of ``C`` with eigenvalue ``< threshold``.
+def nullspace_basis(C: Float[torch.Tensor, "d_mlp d_mlp"], threshold: float, rule: str = "absolute"
+                    ) -> tuple[Float[torch.Tensor, "d_mlp null"], float]:
+    """An orthonormal basis ``Û`` of AlphaEdit's null space of ``C``, and the share of ``trace(C)`` it holds.
 
-    ``C`` is the preserved keys' second moment ``E[k kᵀ]`` (AlphaEdit's ``get_project`` takes the SVD of the
-    same ``mom2`` and keeps the singular vectors below ``nullspace_threshold``; for a symmetric PSD ``C`` the
-    SVD is its eigendecomposition). Returns ``(P, dim)`` with ``dim`` the null space's dimension.
+    ``C`` is the preserved keys' second moment ``E[k kᵀ]``; its eigenvectors (the SVD's, for a symmetric PSD
+    matrix) are split by ``rule``:
+
+    * ``"absolute"`` -- the paper's and the reference code's (``get_project``: ``S < nullspace_threshold``):
+      the eigenvectors with eigenvalue ``< threshold``, an eigenvalue in the model's own key units;
+    * ``"relative"`` -- ours, scale-free: the longest run of the *smallest* eigenvalues whose sum is at most
+      ``threshold · trace(C)`` (``0 < threshold < 1``). Multiplying ``C`` by any ``c > 0`` multiplies both sides
+      by ``c``, so the split does not move.
+
+    Returns ``(Û, energy)`` with ``energy = Σ_null λ / Σ λ`` (eigenvalues clipped at 0), i.e.
+    ``E‖Û Ûᵀ k‖² / E‖k‖²`` for the preserved keys: under ``"relative"`` it is ``<= threshold`` by construction.
     """
+    if rule not in NULLSPACE_RULES:
+        raise LensMemoryError(f"null-space rule must be one of {NULLSPACE_RULES}, got {rule!r}")
     C = C.double()
-    ev, U = torch.linalg.eigh((C + C.T) / 2)
-    Uh = U[:, ev < threshold]
+    ev, U = torch.linalg.eigh((C + C.T) / 2)  # ascending
+    power = ev.clamp_min(0)
+    total = float(power.sum())
+    if rule == "absolute":
+        mask = ev < threshold
+    else:
+        mask = torch.cumsum(power, 0) <= threshold * total
+    energy = float(power[mask].sum()) / total if total > 0 else 0.0
+    return U[:, mask], energy
+
+
+def nullspace_projector(C: Float[torch.Tensor, "d_mlp d_mlp"], threshold: float, rule: str = "absolute"
+                        ) -> tuple[Float[torch.Tensor, "d_mlp d_mlp"], int]:
+    """AlphaEdit's ``P = Û Ûᵀ``: the projector onto the null space :func:`nullspace_basis` splits off.
+
+    With ``rule="absolute"`` it is the reference code's ``get_project`` (SVD of the same ``mom2``, singular
+    vectors below ``nullspace_threshold``). Returns ``(P, dim)`` with ``dim`` the null space's dimension.
+    """
+    Uh, _ = nullspace_basis(C, threshold, rule)
     return Uh @ Uh.T, int(Uh.shape[1])
 
 

@@ -48,9 +48,9 @@ The harness sits below the mechanisms: it imports none of them (:mod:`lens_memor
 """
 
 from .cost import artifact_nbytes, measure_cost
-from .knowledge import GENERATION_METRICS, METRICS, EditEvaluation, EvalConfig, evaluate_edits
+from .knowledge import GENERATION_METRICS, METRICS, EditEvaluation, EvalConfig, evaluate_edits, unedited_neighbours
 from .reversibility import reversibility
 from .rows import KnowledgeRows, cost_rows, knowledge_rows
 
-__all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "METRICS", "GENERATION_METRICS", "measure_cost",
+__all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "unedited_neighbours", "METRICS", "GENERATION_METRICS", "measure_cost",
            "artifact_nbytes", "reversibility", "KnowledgeRows", "knowledge_rows", "cost_rows"]

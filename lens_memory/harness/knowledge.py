@@ -50,7 +50,7 @@ from ..generation import generate
 from ..metrics import (KINDS, fact_scores, fluency_tokenizer, generation_entropy, mean_ci, rome_generation_text,
                        score_s, tfidf_similarity)
 
-__all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "METRICS", "GENERATION_METRICS"]
+__all__ = ["EvalConfig", "EditEvaluation", "evaluate_edits", "unedited_neighbours", "METRICS", "GENERATION_METRICS"]
 
 #: per-fact knowledge metrics, each summarised as a mean with a 95% interval
 METRICS = (tuple(f"{k}_success" for k in KINDS) + tuple(f"{k}_accuracy" for k in KINDS)
@@ -189,20 +189,32 @@ def _generation_metrics(lm: Any, facts: Sequence[Fact], cfg: EvalConfig, referen
     return texts, ent, cons
 
 
-def _unedited_neighbours(facts: Sequence[Fact]) -> tuple[list[Fact], int]:
-    """Drop neighbourhood prompts about subjects that are themselves edited in the same batch.
+def unedited_neighbours(facts: Sequence[Fact], edited: Sequence[str] | None = None) -> tuple[list[Fact], int]:
+    """Drop neighbourhood prompts about subjects that are themselves edited: **the** rule, used by every path
+    that scores edits together (:func:`evaluate_edits` on a batch, the lifelong health rows and final scores).
 
     Neighbourhood prompts test that *unedited* subjects keep their answer. When many facts are
-    edited together (MEMIT, sequential ROME), a fact's neighbours -- other subjects with the same
+    edited together (MEMIT, a sequence of edits), a fact's neighbours -- other subjects with the same
     true object -- are often edited too, and their changed answers are the edit working, not leaking.
+
+    Args:
+        facts: the facts whose neighbourhood prompts are filtered.
+        edited: the edited subjects (default: the subjects of ``facts``); a prompt is dropped when it
+            contains one of them.
+
+    Returns:
+        ``(facts with the remaining prompts, number of prompts dropped)``.
     """
-    edited = [f.subject for f in facts]
+    subjects = [f.subject for f in facts] if edited is None else list(edited)
     out, dropped = [], 0
     for f in facts:
-        keep = tuple(p for p in f.neighborhood if not any(s in p for s in edited))
+        keep = tuple(p for p in f.neighborhood if not any(s in p for s in subjects))
         dropped += len(f.neighborhood) - len(keep)
         out.append(dataclasses.replace(f, neighborhood=keep))
     return out, dropped
+
+
+_unedited_neighbours = unedited_neighbours  # the name before issue 29 (lens_memory.edit.evaluate still maps it)
 
 
 def _reusable(baseline: "EditEvaluation | None", facts: Sequence[Fact], cfg: EvalConfig) -> bool:
@@ -357,7 +369,7 @@ def evaluate_edits(lm: Any, facts: Sequence[Fact], artifacts: Any | Sequence[Any
     _check_inputs(facts, arts, per_fact)
     excluded = 0
     if not per_fact and len(facts) > 1:
-        facts, excluded = _unedited_neighbours(facts)
+        facts, excluded = unedited_neighbours(facts)
     reuse = _reusable(baseline, facts, cfg)
     pre = ([{k[4:]: v for k, v in r.items() if k.startswith("pre_") and k[4:] in _SCORE_KEYS} for r in baseline.rows]
            if reuse else fact_scores(lm, facts))

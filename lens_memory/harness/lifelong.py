@@ -8,7 +8,9 @@ batch of a sequence (:func:`~lens_memory.edit.sequence.sequential_edit`), on fix
 * ``retention`` -- ROME's efficacy success (``P(o*) > P(o)`` on the edit prompt, probabilities as
   ``exp(-mean token NLL)``) averaged over **every fact edited so far**: are earlier edits still there?
 * ``batch_efficacy`` / ``batch_paraphrase`` / ``batch_neighborhood`` -- ROME's ES / PS / NS of the batch
-  just written (:func:`~lens_memory.metrics.fact_scores`);
+  just written (:func:`~lens_memory.metrics.fact_scores`); neighbourhood prompts about any subject edited so
+  far are left out by the same rule as :func:`~lens_memory.harness.evaluate_edits`
+  (:func:`~lens_memory.harness.knowledge.unedited_neighbours`), their count is ``batch_neighborhood_dropped``;
 * ``heldout_accuracy`` -- EasyEdit's teacher-forced token accuracy of the *true* object on the edit
   prompts of facts that are never edited (their knowledge should survive), and ``heldout_accuracy_ratio``
   (after / before the sequence);
@@ -36,6 +38,7 @@ from ..artifacts import load_artifact, require, save_artifact
 from ..corpus import load_corpus, token_blocks
 from ..errors import LensMemoryError
 from ..metrics import fact_scores, score_targets
+from .knowledge import unedited_neighbours
 
 __all__ = ["HealthConfig", "HealthProbe", "LifelongHealth", "HEALTH_METRICS", "DEFAULT_THRESHOLDS"]
 
@@ -113,7 +116,11 @@ class HealthProbe:
             n = len(edited)
             self.last_retention = [float(x) for x in s.mean_logprob[:n] > s.mean_logprob[n:]]
             row["retention"] = float(np.mean(self.last_retention))
-            scores = fact_scores(lm, list(batch))
+            # the one neighbourhood rule (harness.knowledge): prompts about any subject edited so far are the
+            # edits working, not leaking, and are left out; how many is recorded
+            kept, dropped = unedited_neighbours(batch, edited=[f.subject for f in edited])
+            row["batch_neighborhood_dropped"] = dropped
+            scores = fact_scores(lm, kept)
             for k in ("efficacy", "paraphrase", "neighborhood"):
                 vals = [r[f"{k}_success"] for r in scores if not math.isnan(r[f"{k}_success"])]
                 row[f"batch_{k}"] = float(np.mean(vals)) if vals else float("nan")

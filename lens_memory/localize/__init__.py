@@ -13,8 +13,9 @@
 
 from .hase import MODELS, HaseRegression, hase_effects, hase_regression, r_squared
 from .sweep import SWEEP_METRICS, EditSweep, SweepConfig, edit_layer_sweep, memit_window, rewrite_score
-from .validate import AtPValidation, fact_agreement, validate_estimate
+from .validate import (AtPValidation, atp_star_ablation, edit_layer, estimand, exact_magnitude_trace, fact_agreement,
+                       validate_estimate)
 
 __all__ = ["AtPValidation", "validate_estimate", "fact_agreement", "EditSweep", "SweepConfig", "edit_layer_sweep",
            "rewrite_score", "memit_window", "SWEEP_METRICS", "HaseRegression", "hase_regression", "hase_effects",
-           "r_squared", "MODELS"]
+           "r_squared", "MODELS", "estimand", "exact_magnitude_trace", "atp_star_ablation", "edit_layer"]

@@ -12,7 +12,8 @@ Scores per (fact, layer), on the model with that one edit applied:
 
 * ``rewrite_score`` -- Hase et al.'s edit success: ``(p_post(o*) - p_pre(o*)) / (1 - p_pre(o*))`` with ``p``
   the probability of the whole new object (``exp`` of its *summed* token log-probabilities, as their
-  ``score_from_batch``): the fraction of the possible gain in ``p(o*)`` the edit achieved;
+  ``score_from_batch``): the fraction of the possible gain in ``p(o*)`` the edit achieved, floored at 2e-8
+  as their code floors it (:func:`rewrite_score`);
 * ``efficacy_success``, ``paraphrase_success``, ``neighborhood_success`` -- ROME's ES / PS / NS
   (:func:`lens_memory.metrics.fact_scores`), and ``p_new``, ROME's ``exp(-mean NLL)`` of ``o*``.
 
@@ -22,6 +23,9 @@ Hase et al. sweep 9 of GPT-J's 28 layers; every layer is swept here by default (
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,15 +38,30 @@ from ..errors import LensMemoryError
 from ..facts import Fact
 from ..metrics import fact_scores, mean_ci, score_targets
 
-__all__ = ["SweepConfig", "EditSweep", "edit_layer_sweep", "rewrite_score", "SWEEP_METRICS", "memit_window"]
+__all__ = ["SweepConfig", "EditSweep", "edit_layer_sweep", "rewrite_score", "REWRITE_FLOOR", "SWEEP_METRICS", "memit_window"]
+
+log = logging.getLogger(__name__)
 
 #: what the sweep records per (fact, layer)
 SWEEP_METRICS = ("rewrite_score", "efficacy_success", "paraphrase_success", "neighborhood_success", "p_new")
 
 
+#: belief-localization's floor of the rewrite score (``np.max([2e-8, recovered_prop])``)
+REWRITE_FLOOR = 2e-8
+
+
 def rewrite_score(p_pre: float, p_post: float) -> float:
-    """Hase et al.'s rewrite score ``(p_post - p_pre) / (1 - p_pre)`` (``1 - p_pre`` floored at 2e-8, as their code)."""
-    return (p_post - p_pre) / max(1.0 - p_pre, 2e-8)
+    """Hase et al.'s rewrite score ``max(2e-8, 1 - (1 - p_post) / (1 - p_pre))`` = ``(p_post - p_pre) / (1 - p_pre)``
+    floored at 2e-8, as their code does (``google/belief-localization``, ``experiments/evaluate.py``:
+    ``recovered_prop = np.max([2e-8, 1 - (1 - post_prob) / (1 - pre_prob)])``): an edit that *lowers* ``p(o*)``
+    scores 2e-8 (about 0), not a negative number.
+
+    Their code divides by ``1 - p_pre`` unguarded (``inf`` or NaN when ``p_pre`` is 1); here ``p_pre >= 1`` gives
+    NaN: nothing could be gained, so there is no fraction to report (such facts are already "edited").
+    """
+    if p_pre >= 1.0:
+        return float("nan")
+    return max(REWRITE_FLOOR, 1.0 - (1.0 - p_post) / (1.0 - p_pre))
 
 
 def memit_window(layer: int, width: int, n_layers: int) -> list[int]:
@@ -130,17 +149,43 @@ def _sweep_fact(lm: Any, fact: Fact, shared: tuple) -> dict[str, list[float]]:
     return out
 
 
+def _sweep_key(lm: Any, cfg: SweepConfig, mcfg: Any, layers: list[int], contexts: list[str]) -> str:
+    """The checkpoint directory's name: everything a fact's sweep row depends on besides the fact."""
+    blob = json.dumps({"model": lm.identity.to_dict(), "cfg": cfg.to_dict(), "method_cfg": mcfg.to_dict(),
+                       "layers": layers, "contexts": contexts}, sort_keys=True, default=str)
+    return "sweep-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_row(path: Path, fact: Fact) -> dict[str, list[float]] | None:
+    """A checkpointed fact row (``None``: absent, another fact's, or unreadable -- then the fact is swept again)."""
+    from ..io import read_json
+
+    if not path.exists():
+        return None
+    try:
+        d = read_json(path)
+        if d["fact"] == fact.to_dict() and set(d["metrics"]) == set(SWEEP_METRICS):
+            return d["metrics"]
+    except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
+        log.warning("ignoring unreadable sweep checkpoint %s (%s); sweeping the fact again", path, exc)
+    return None
+
+
 def edit_layer_sweep(lm: Any, facts: Sequence[Fact], config: SweepConfig | None = None, *, method_config: Any = None,
-                     progress: bool = True, executor: Any = None) -> "EditSweep":
+                     progress: bool = True, executor: Any = None,
+                     checkpoint_dir: str | Path | None = None) -> "EditSweep":
     """Edit each fact at each layer of ``config`` and score every edit (see the module docstring).
 
     ``method_config``: the :class:`~lens_memory.edit.RomeConfig` / :class:`~lens_memory.edit.MemitConfig`
     (default: the model's); its layer settings are overridden per edit. ``executor``: where the facts run
-    (:mod:`lens_memory.parallel`).
+    (:mod:`lens_memory.parallel`). ``checkpoint_dir``: each finished fact's row is written there atomically (JSON,
+    floats round-trip exactly) under a key of the model, configs, layers and contexts; a rerun reuses the rows
+    and sweeps only the rest, so the result equals an uninterrupted run's.
     """
     from ..edit import MemitConfig, RomeConfig
     from ..edit.stats import key_statistics
     from ..edit.targets import context_templates
+    from ..io import write_json
     from ..parallel import executor_for
 
     cfg = config or SweepConfig()
@@ -152,8 +197,21 @@ def edit_layer_sweep(lm: Any, facts: Sequence[Fact], config: SweepConfig | None 
     needed = sorted({j for x in layers for j in ([x] if cfg.method == "rome" else memit_window(x, cfg.memit_width, lm.n_layers))})
     key_statistics(lm, needed, mcfg.stats)  # computed (and cached) once, before any item runs
     contexts = context_templates(lm, mcfg.context_lengths, mcfg.seed)
-    got = executor_for(lm, executor).map(lm, _sweep_fact, facts, shared=(cfg, mcfg, layers, contexts),
-                                         desc=f"{cfg.method} at every layer", progress=progress)
+    ckpt = Path(checkpoint_dir) / _sweep_key(lm, cfg, mcfg, layers, contexts) if checkpoint_dir is not None else None
+    rows = [_load_row(ckpt / f"fact{i:05d}.json", f) if ckpt else None for i, f in enumerate(facts)]
+    todo = [i for i, r in enumerate(rows) if r is None]
+    if ckpt is not None and len(todo) < len(facts):
+        log.info("sweep: %d of %d facts from checkpoints in %s", len(facts) - len(todo), len(facts), ckpt)
+
+    def done(j: int, row: dict[str, list[float]]) -> None:
+        if ckpt is not None:
+            write_json(ckpt / f"fact{todo[j]:05d}.json", {"fact": facts[todo[j]].to_dict(), "metrics": row})
+
+    new = executor_for(lm, executor).map(lm, _sweep_fact, [facts[i] for i in todo], shared=(cfg, mcfg, layers, contexts),
+                                         desc=f"{cfg.method} at every layer", progress=progress, on_result=done)
+    for i, row in zip(todo, new):
+        rows[i] = row
+    got = rows
     metrics = {m: np.array([g[m] for g in got], float) for m in SWEEP_METRICS}
     prov = {"model": lm.identity.to_dict(), "config": cfg.to_dict(), "method_config": mcfg.to_dict(),
             "contexts": contexts, "method": f"{cfg.method} at every layer (Hase et al. 2023's sweep)"}

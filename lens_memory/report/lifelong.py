@@ -1,8 +1,8 @@
 """The report's optional "lifelong editing" stage and section (``lens-memory report --stages ...,lifelong``).
 
 The stage writes the first ``lifelong_batches * lifelong_batch_size`` report facts in sequence with each of
-``lifelong_methods`` (:func:`~lens_memory.workflows.lifelong.run_lifelong`, MEMIT's traced window; ROME and
-r-ROME at the traced layer), tracking the rest of the report's facts and the dev facts as never-edited held-out
+``lifelong_methods`` (:func:`~lens_memory.workflows.lifelong.run_lifelong`, MEMIT's traced window; ROME,
+p-ROME and r-ROME at the traced layer), tracking the rest of the report's facts and the dev facts as never-edited held-out
 facts; the section shows the health curves and the state after the last batch. It is not in the default stage list:
 a sequence costs as many edits as it writes.
 """
@@ -20,6 +20,7 @@ __all__ = ["stage_lifelong", "lifelong_section"]
 def stage_lifelong(lm: Any, cfg: Any, facts: list, dev_facts: list, trace: dict[str, Any], d: Path) -> dict[str, Any]:
     """Run every method's sequence into ``d/<method>``; one health figure of all of them."""
     from .. import viz
+    from ..edit.rome import ROME_METHODS
     from ..workflows.lifelong import run_lifelong
 
     n = cfg.lifelong_batches * cfg.lifelong_batch_size
@@ -28,7 +29,7 @@ def stage_lifelong(lm: Any, cfg: Any, facts: list, dev_facts: list, trace: dict[
                            "split": "test", "methods": {}}
     healths = []
     for method in cfg.lifelong_methods:
-        layers = [trace["suggested_layer"]] if method in ("rome", "rrome") else list(trace["suggested_layers"])
+        layers = [trace["suggested_layer"]] if method in ROME_METHODS else list(trace["suggested_layers"])
         s = run_lifelong(lm, edited, method, cfg.lifelong_batch_size, heldout=heldout, layers=layers,
                          text_tokens=512)
         s.save(d / method)

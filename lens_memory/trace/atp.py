@@ -16,7 +16,9 @@ metric depends on its own row only) give every node's gradient at once. A cell's
 corrupted score plus the mean over samples of that estimate, so the result is a
 :class:`~lens_memory.trace.TraceResult` like exact tracing's and every plot, AIE and layer suggestion
 works unchanged; ``provenance["estimator"]`` says which estimator made it. The estimate is the signed
-mean over samples, the quantity tracing averages (the AIE); Kramár et al. rank nodes by ``E|I(n)|``.
+mean over samples, the quantity tracing averages (the AIE); Kramár et al. rank nodes by ``E|I(n)|``, which AtP*'s
+GradDrop estimates (:mod:`.atp_star`). Each is validated against the exact value of what it estimates: the signed mean,
+or ``E|exact effect|`` (:func:`lens_memory.localize.validate.exact_magnitude_trace`).
 Tokens before the subject are identical in both runs, so their estimated effect is exactly 0, as the exact
 engines' is.
 

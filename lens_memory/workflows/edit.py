@@ -36,7 +36,7 @@ class EditRun:
     """Edits fitted on a fact set, with what they were fitted with.
 
     Attributes:
-        method: ``"rome"``, ``"rrome"``, ``"memit"`` or ``"alphaedit"``.
+        method: ``"rome"``, ``"prome"`` (p-ROME), ``"rrome"`` (r-ROME), ``"memit"`` or ``"alphaedit"``.
         layers: edited layers.
         config: the method's config (RomeConfig / MemitConfig).
         edits: one edit per fact (ROME) or one for all facts (MEMIT).
@@ -56,7 +56,7 @@ class EditRun:
     @property
     def per_fact(self) -> bool:
         """Whether each fact is evaluated with its own edit only (independent ROME edits)."""
-        return self.method in ("rome", "rrome") and not self.sequential
+        return rome_like(self.method) and not self.sequential
 
     def save(self, out: str | Path) -> list[Path]:
         """Save every edit as ``out/edits/NNN`` (artifact directories)."""
@@ -69,9 +69,16 @@ class EditRun:
                 "stats_corpus": self.stats[self.layers[0]].corpus, "sequential": self.sequential}
 
 
+def rome_like(method: str) -> bool:
+    """Whether ``method`` is one of the rank-one ROME variants (:data:`lens_memory.edit.rome.ROME_METHODS`)."""
+    from ..edit.rome import ROME_METHODS
+
+    return method in ROME_METHODS
+
+
 def edit_config(lm: Any, method: str, layers: Sequence[int] | None, *, seed: int = 0, corpus: str | None = None,
                 stats_tokens: int | None = None) -> Any:
-    """The model's config of ``method`` at ``layers`` (ROME, r-ROME: one layer; ``None``: the model's default),
+    """The model's config of ``method`` at ``layers`` (ROME, p-ROME, r-ROME: one layer; ``None``: the model's default),
     with key-statistics overrides."""
     from ..edit.sequence import sequence_config
 
@@ -96,17 +103,17 @@ def fit_edits(lm: Any, facts: Sequence[Any], method: str, layers: Sequence[int],
     t0 = time.time()
     stats = key_statistics(lm, layers, cfg.stats, executor=executor)
     t1 = time.time()
-    rome_like = method in ("rome", "rrome")
-    if rome_like and not sequential:  # independent edits: one item per fact through the execution seam
+    one_layer = rome_like(method)
+    if one_layer and not sequential:  # independent edits: one item per fact through the execution seam
         edits = executor_for(lm, executor).map(lm, _rome_item, list(facts), shared=(cfg, stats[layers[0]]),
                                                desc="ROME edits", progress=progress)
-    elif rome_like:
+    elif one_layer:
         edits = _sequential_rome(lm, facts, cfg, stats[layers[0]], progress)
     elif method == "alphaedit":  # one batch; a sequence of batches is lens_memory.edit.sequential_edit
         edits = [alphaedit(lm, list(facts), cfg, stats=stats)]
     else:
         edits = [memit(lm, list(facts), cfg, stats=stats)]
-    return EditRun(method, layers, cfg, edits, stats, sequential and rome_like,
+    return EditRun(method, layers, cfg, edits, stats, sequential and one_layer,
                    {"stats": t1 - t0, "edit": time.time() - t1})
 
 
@@ -220,7 +227,7 @@ def run_edit(lm: Any, facts: Sequence[Any], dev_facts: Sequence[Any], method: st
         suggestion, trace_pre = suggest_edit_layers(lm, dev_facts)
     seconds = {"trace": time.time() - t}
     if layers is None:
-        one = method in ("rome", "rrome")
+        one = rome_like(method)
         layers = ([suggestion.layer] if one else list(suggestion.layers)) if suggestion else (
             [default_layer(lm)] if one else list(default_layers(lm)))
     cfg = edit_config(lm, method, layers, seed=seed, corpus=corpus, stats_tokens=stats_tokens)

@@ -7,7 +7,8 @@ Used by ``lens-memory edit --sequential`` and ``analyses/bench_lifelong.py``::
 
 :func:`run_lifelong` runs :func:`~lens_memory.edit.sequence.sequential_edit` with a
 :class:`~lens_memory.harness.lifelong.HealthConfig`, then scores every edited fact once more on the
-final model (:func:`final_scores`: ROME's efficacy, paraphrase and neighbourhood success, 95% intervals).
+final model (:func:`final_scores`: ROME's efficacy, paraphrase and neighbourhood success, 95% intervals;
+neighbourhood prompts about edited subjects left out, as :func:`~lens_memory.harness.evaluate_edits` does).
 """
 
 from __future__ import annotations
@@ -24,16 +25,25 @@ __all__ = ["run_lifelong", "final_scores", "LifelongSummary"]
 
 
 def final_scores(lm: Any, sequence: Any, facts: Sequence[Any]) -> dict[str, dict[str, Any]]:
-    """ES / PS / NS of every edited fact with the whole ``sequence`` applied: mean, 95% interval, n."""
+    """ES / PS / NS of every edited fact with the whole ``sequence`` applied: mean, 95% interval, n.
+
+    Neighbourhood prompts about any subject of ``facts`` (all edited by the sequence) are left out by the one
+    rule of :func:`~lens_memory.harness.knowledge.unedited_neighbours` -- their changed answers are retained
+    edits, not leakage; ``neighborhood["dropped"]`` and ``["prompts"]`` count the prompts left out and kept.
+    Intervals: :func:`~lens_memory.metrics.mean_ci` (Wilson for 0/1 values, bootstrap otherwise).
+    """
+    from ..harness.knowledge import unedited_neighbours
     from ..metrics import fact_scores, mean_ci
 
+    kept, dropped = unedited_neighbours(list(facts))
     with sequence.apply(lm):
-        rows = fact_scores(lm, list(facts))
-    out = {}
+        rows = fact_scores(lm, kept)
+    out: dict[str, dict[str, Any]] = {}
     for k in ("efficacy", "paraphrase", "neighborhood"):
         vals = [r[f"{k}_success"] for r in rows if not math.isnan(r[f"{k}_success"])]
         m, lo, hi = mean_ci(vals)
         out[k] = {"mean": m, "ci95": [lo, hi], "n": len(vals)}
+    out["neighborhood"].update(dropped=dropped, prompts=sum(len(f.neighborhood) for f in kept))
     return out
 
 
@@ -71,6 +81,9 @@ def run_lifelong(lm: Any, facts: Sequence[Any], method: str, batch_size: int, *,
             "batch_size": batch_size, "n_batches": seq.n_batches, "layers": seq.layers,
             **{f"final_{k}_success": v["mean"] for k, v in scores.items()},
             **{f"final_{k}_success_ci95": v["ci95"] for k, v in scores.items()}, "final_n": scores["efficacy"]["n"],
+            "final_neighborhood_n": scores["neighborhood"]["n"],
+            "final_neighborhood_dropped": scores["neighborhood"]["dropped"],
+            "final_neighborhood_prompts": scores["neighborhood"]["prompts"],
             **{k: final.get(k) for k in ("heldout_accuracy", "heldout_accuracy_ratio", "perplexity",
                                          "perplexity_ratio", "solve_condition")},
             "max_delta_norm": max([v for k, v in final.items() if k.startswith("delta_norm.")] or [0.0]),

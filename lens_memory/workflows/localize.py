@@ -75,6 +75,7 @@ def _estimate_keys(prefix: str, validation: Any) -> dict[str, Any]:
 
 def run_localize(lm: Any, facts: Sequence[Any], trace_config: Any = None, sweep_config: Any = None, *,
                  estimators: Sequence[str] = tuple(ESTIMATORS), sweep: bool = True, n_boot: int = 1000,
+                 n_perm: int = 1000, checkpoint_dir: str | Path | None = None,
                  only_known: bool = True,
                  progress: bool = True, executor: Any = None, source: str = "") -> LocalizeSummary:
     """Trace (exact and estimated), validate, sweep edits over layers and run the Hase et al. regression.
@@ -82,9 +83,11 @@ def run_localize(lm: Any, facts: Sequence[Any], trace_config: Any = None, sweep_
     ``trace_config``: the exact trace's :class:`~lens_memory.trace.TraceConfig` (engine ``fast`` unless it
     names ``reference``); each estimator traces with the same settings and its own engine. ``sweep=False``
     skips the sweep and the regression (they cost one edit per fact and layer). ``only_known=False`` keeps the
-    facts the model does not know (tests on random models; the paper uses known facts only).
+    facts the model does not know (tests on random models; the paper uses known facts only). ``checkpoint_dir``:
+    the exact trace and the sweep save each finished fact there and a rerun resumes (the result equals an
+    uninterrupted run's); the estimators are re-traced (they are the timed part).
     """
-    from ..localize import edit_layer_sweep, hase_effects, hase_regression, validate_estimate
+    from ..localize import edit_layer_sweep, estimand, exact_magnitude_trace, hase_effects, hase_regression, validate_estimate
     from ..trace import TraceConfig, trace_facts
 
     bad = [e for e in estimators if e not in ESTIMATORS]
@@ -94,23 +97,28 @@ def run_localize(lm: Any, facts: Sequence[Any], trace_config: Any = None, sweep_
     cfg = trace_config or TraceConfig(kinds=("hidden", "mlp", "attn"))
     if cfg.engine not in ("fast", "reference"):
         cfg = dataclasses.replace(cfg, engine="fast")
-    exact = trace_facts(lm, facts, cfg, only_known=only_known, progress=progress, source=source, executor=executor)
+    exact = trace_facts(lm, facts, cfg, only_known=only_known, progress=progress, source=source, executor=executor,
+                        checkpoint_dir=checkpoint_dir)
     known = [t.fact for t in exact.traces]
-    estimates, validations = {}, {}
+    estimates, validations, magnitude = {}, {}, None
     for engine in estimators:
         estimates[engine] = trace_facts(lm, known, dataclasses.replace(cfg, engine=engine), only_known=False,
                                         progress=progress, source=source, executor=executor)
-        validations[engine] = validate_estimate(exact, estimates[engine])
+        if estimand(estimates[engine]) == "magnitude" and magnitude is None:  # GradDrop: compare with E|exact|
+            magnitude = exact_magnitude_trace(lm, exact)
+        validations[engine] = validate_estimate(exact, estimates[engine], magnitude=magnitude)
     head: dict[str, Any] = {"command": "localize", "model": lm.identity.to_dict(), "trace_config": cfg.to_dict(),
-                            "n_facts": len(list(facts)), "n_known": len(known), "exact_seconds_per_fact":
+                            "n_facts": len(list(facts)), "n_known": len(known),
+                            "relations": sorted({f.relation_id for f in known}), "exact_seconds_per_fact":
                             exact.summary()["seconds_per_fact"], "suggested_layer": exact.summary().get("suggested_layer")}
     for engine, v in validations.items():
         head.update(_estimate_keys(ESTIMATORS[engine], v))
     sw = reg = None
     if sweep:
-        sw = edit_layer_sweep(lm, known, sweep_config, progress=progress, executor=executor)
+        sw = edit_layer_sweep(lm, known, sweep_config, progress=progress, executor=executor,
+                              checkpoint_dir=checkpoint_dir)
         effect = hase_effects(exact, sw.layers, "mlp")
-        reg = hase_regression(sw.metrics["rewrite_score"], effect, layers=sw.layers, n_boot=n_boot,
+        reg = hase_regression(sw.metrics["rewrite_score"], effect, layers=sw.layers, n_boot=n_boot, n_perm=n_perm,
                               provenance={"success": "rewrite_score", "effect": "fraction restored, MLP (exact trace)"})
         head.update(_hase_keys(exact, sw, reg))
     head["wall_seconds"] = round(time.time() - t0, 1)
@@ -130,7 +138,8 @@ def _hase_keys(exact: Any, sw: Any, reg: Any) -> dict[str, Any]:
     return {"hase_r2": round(s["r2_tracing"], 4), "hase_r2_layer_only": round(s["r2_layer"], 4),
             "hase_r2_layer_plus_tracing": round(s["r2_layer+tracing"], 4),
             "hase_r2_layer_times_tracing": round(s["r2_layer*tracing"], 4),
-            "hase_r2_added_by_tracing": round(s["r2_added_by_tracing"], 4), "hase_ci95": reg.ci95,
+            "r2_diff": round(s["r2_diff"], 4), "r2_diff_ci95": reg.ci95["r2_diff"], "f_test_p": s["f_test_p"],
+            "permutation_p": s["permutation_p"], "decision": reg.decision(), "hase_ci95": reg.ci95,
             "hase_conclusion": reg.conclusion(),
             "best_edit_layer_agreement": float(np.mean([b == p for b, p in zip(best, per_fact_peak)])),
             "best_edit_layers": best, "traced_peak_layers": per_fact_peak,

@@ -139,7 +139,7 @@ def test_singular_covariance_is_regularised_with_a_warning():
 # -- ROME and MEMIT on models ------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ("gemma3", "gpt2", "gptj", "gpt_neox", "llama", "olmo2"))  # all: test_conformance
-@pytest.mark.parametrize("key_mode", ("original", "rrome", "rrome_prefix"))
+@pytest.mark.parametrize("key_mode", ("original", "prome", "rrome"))
 def test_rome_satisfies_its_equation_on_every_architecture(arch, key_mode, tiny, corpus):
     lm = tiny if arch == "gemma3" else tiny_arch_model(arch)
     layer = 1
@@ -184,24 +184,24 @@ def _plain_key_value(lm, fact, layer):
 
 
 def test_key_modes_follow_the_reference_definitions(tiny, corpus):
-    """original: C⁻¹k̄ direction, plain key in the denominator (kmeng01/rome); rrome: plain key everywhere
-    (Gupta et al. 2024); rrome_prefix: k̄ everywhere, target from the averaged outputs. Same δ for all."""
+    """original: C⁻¹k̄ direction, plain key in the denominator (kmeng01/rome); prome (p-ROME): plain key everywhere
+    (Gupta et al. 2024); rrome (r-ROME): k̄ everywhere, target from the averaged outputs. Same δ for all."""
     st = _stats(tiny, [1], corpus)[1]
     e = {m: rome(tiny, EIFFEL, RomeConfig(layer=1, key_mode=m, **SHORT), stats=st)
-         for m in ("original", "rrome", "rrome_prefix")}
+         for m in ("original", "prome", "rrome")}
     assert RomeConfig().key_mode == "original" and RomeConfig().kl_position == "subject_last"
     C = regularise(st.mom2)[0]
     k0, v0 = _plain_key_value(tiny, EIFFEL, 1)
-    delta = e["original"].factors[1][0][:, 0].double()  # U = δ for original and rrome
-    torch.testing.assert_close(e["rrome"].factors[1][0][:, 0].double(), delta)
+    delta = e["original"].factors[1][0][:, 0].double()  # U = δ for original and prome
+    torch.testing.assert_close(e["prome"].factors[1][0][:, 0].double(), delta)
     k_bar = torch.tensor(e["original"].info["k_direction"]).double()
     assert not torch.allclose(k_bar, k0, atol=1e-3)  # the prefixes matter
-    for mode, k_dir, k_den in (("original", k_bar, k0), ("rrome", k0, k0)):
+    for mode, k_dir, k_den in (("original", k_bar, k0), ("prome", k0, k0)):
         u = torch.linalg.solve(C, k_dir)
         expect = delta[:, None] @ (u / (u @ k_den))[None]
         torch.testing.assert_close(e[mode].delta(1).double(), expect, rtol=1e-4, atol=1e-6)
     W = linear_weight(tiny, 1).detach().double()
-    with e["rrome_prefix"].apply(tiny):  # W' k̄ = W k_plain + δ (biases cancel; Gemma has none)
+    with e["rrome"].apply(tiny):  # W' k̄ = W k_plain + δ (biases cancel; Gemma has none)
         W2 = linear_weight(tiny, 1).detach().double()
         torch.testing.assert_close(W2 @ k_bar, v0 + delta, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(W @ k0, v0, rtol=1e-4, atol=1e-4)
@@ -256,7 +256,7 @@ def test_memit_one_fact_one_layer_equals_rome_without_post_norm(corpus):
     st = _stats(lm, [1], corpus)
     # no prefixes: MEMIT's key (group means) and r-ROME's key (the plain prompt's) are then the same key
     common = dict(context_lengths=(), v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1e6, kl_factor=0.0625)
-    r = rome(lm, EIFFEL, RomeConfig(layer=1, key_mode="rrome", **common), stats=st[1])
+    r = rome(lm, EIFFEL, RomeConfig(layer=1, key_mode="prome", **common), stats=st[1])
     m = memit(lm, [EIFFEL], MemitConfig(layers=(1,), mom2_update_weight=1e-9, **common), stats=st)
     torch.testing.assert_close(m.delta(1), r.delta(1), rtol=1e-3, atol=1e-5)
 
@@ -371,6 +371,18 @@ def test_bad_requests_are_refused_before_any_work(tiny, corpus):
         RomeConfig(v_lr=-1)
     with pytest.raises(LensMemoryError, match="key_mode"):
         RomeConfig(key_mode="fast")
+
+
+def test_rome_variants_carry_their_papers_names():
+    """Gupta et al. 2024: p-ROME uses the plain prompt's key in both places, r-ROME the prefix-averaged key
+    (rebuilding-rome's README equation, enable_random_prefix_keys). The spelling used before issue 29 for
+    r-ROME is refused with what it is called now."""
+    from lens_memory.edit.rome import KEY_MODES, ROME_METHODS
+
+    assert KEY_MODES == ("original", "prome", "rrome")
+    assert ROME_METHODS == {"rome": "original", "prome": "prome", "rrome": "rrome"}
+    with pytest.raises(LensMemoryError, match="'rrome_prefix' is now called 'rrome'.*'prome'"):
+        RomeConfig(key_mode="rrome_prefix")
 
 
 def test_diverging_optimisation_stops_with_weights_untouched(tiny, corpus):

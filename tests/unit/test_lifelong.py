@@ -17,6 +17,7 @@ from lens_memory.edit.sequence import EditSequence, sequence_config, sequential_
 from lens_memory.edit.solve import alphaedit_update, memit_update, nullspace_projector
 from lens_memory.edit.weights import linear_weight
 from lens_memory.errors import LensMemoryError
+from lens_memory.fact import Fact
 from lens_memory.facts import load_facts
 from lens_memory.harness.lifelong import HealthConfig, HealthProbe, LifelongHealth
 
@@ -115,7 +116,7 @@ def test_alphaedit_refuses_an_empty_null_space(tiny, stats):
 
 # -- sequences --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["rome", "rrome", "memit", "alphaedit"])
+@pytest.mark.parametrize("method", ["rome", "prome", "rrome", "memit", "alphaedit"])
 def test_sequence_applies_and_removes_bit_for_bit(tiny, stats, method):
     cfg = _ae_config(tiny, stats) if method == "alphaedit" else sequence_config(
         tiny, method, layers=[1] if "rome" in method else [0, 1, 2], **SHORT)
@@ -219,6 +220,44 @@ def test_health_rows_track_the_sequence(tiny, stats):
     df = seq.health.to_dataframe()
     assert list(df.n_edits) == [0, 2, 4]
     assert seq.health.plot() is not None
+
+
+# Issue 29, bug 1: a neighbourhood prompt about a subject the sequence edited scores the edit, not leakage.
+_A = Fact(subject="Eiffel Tower", template="The {} is located in the city of", target_true="Paris",
+          target_new="Rome", neighborhood=("The Louvre is located in the city of",
+                                           "The Colosseum Tower is located in the city of"))
+_B = Fact(subject="Colosseum Tower", template="The {} is located in the city of", target_true="Paris",
+          target_new="Rome", neighborhood=("The Louvre Museum is in the city of", "The Eiffel Tower is in"))
+
+
+def test_lifelong_neighbourhood_uses_the_one_rule_and_counts_what_it_drops(tiny):
+    from lens_memory.harness import knowledge, lifelong
+    from lens_memory.metrics import fact_scores
+
+    assert lifelong.unedited_neighbours is knowledge.unedited_neighbours  # one implementation, not two
+    probe = HealthProbe(tiny, HealthConfig(text_tokens=128))
+    row = probe.measure(tiny, [_A, _B], [_B])  # A was edited in an earlier batch, B now
+    assert row["batch_neighborhood_dropped"] == 1  # "The Eiffel Tower is in" is about an edited subject
+    kept = [dataclasses.replace(_B, neighborhood=_B.neighborhood[:1])]
+    assert row["batch_neighborhood"] == fact_scores(tiny, kept)[0]["neighborhood_success"]
+
+
+def test_lifelong_final_scores_leave_out_prompts_about_edited_subjects(tiny):
+    import contextlib
+
+    from lens_memory.metrics import fact_scores
+    from lens_memory.workflows.lifelong import final_scores
+
+    class Unedited:  # a sequence that changes nothing: the scores are the unedited model's
+        def apply(self, lm):
+            return contextlib.nullcontext()
+
+    out = final_scores(tiny, Unedited(), [_A, _B])
+    assert out["neighborhood"]["dropped"] == 2 and out["neighborhood"]["prompts"] == 2
+    ref = fact_scores(tiny, [dataclasses.replace(_A, neighborhood=_A.neighborhood[:1]),
+                             dataclasses.replace(_B, neighborhood=_B.neighborhood[:1])])
+    assert out["neighborhood"]["mean"] == pytest.approx(sum(r["neighborhood_success"] for r in ref) / 2)
+    assert out["neighborhood"]["n"] == 2
 
 
 def test_perplexity_is_the_hf_models_own_loss(tiny):

@@ -126,8 +126,15 @@ def test_tfidf_similarity_and_ci():
     assert tfidf_similarity(["paris is in france"], ["paris is in france"]) == pytest.approx(1.0)
     assert tfidf_similarity(["paris france"], ["tokyo japan"]) == 0.0
     m, lo, hi = mean_ci([0.0, 1.0, 1.0, 1.0])
-    assert m == 0.75 and lo < m < hi
-    assert mean_ci([1.0])[1:] == (1.0, 1.0)
+    # a proportion gets the Wilson interval (hand-computed, z = 1.96): never zero-width, never outside [0, 1]
+    assert m == 0.75 and (lo, hi) == pytest.approx((0.30064, 0.95441), abs=1e-4)
+    assert mean_ci([1.0] * 20)[1:] == pytest.approx((0.83887, 1.0), abs=1e-4)  # the normal approximation: [1, 1]
+    assert mean_ci([0.0] * 5)[1] == 0.0 and mean_ci([0.0] * 5)[2] > 0.4
+    # not a proportion: a seeded BCa bootstrap, inside the data's range, the same on every call
+    x = [0.5, 1.0, 0.0, 1.0, 0.5, 0.5, 1.0, 0.25]
+    m, lo, hi = mean_ci(x)
+    assert 0.0 <= lo < m < hi <= 1.0 and mean_ci(x) == (m, lo, hi)
+    assert np.isnan(mean_ci([0.3])[1]) and mean_ci([0.3, 0.3])[1:] == (0.3, 0.3)
 
 
 def test_score_targets_equals_full_forward(tiny):
