@@ -24,7 +24,8 @@ sources are in :mod:`lens_memory.metrics`:
 
 Artifacts are applied per fact (artifact ``i`` alone for fact ``i``: ROME's evaluation) or all together
 (MEMIT's batch edit, sequential edits; neighbourhood prompts about subjects edited in the same batch are
-left out). Means over facts come with normal-approximation 95% intervals and the number of facts behind
+left out). Means over facts come with 95% intervals (Wilson for success rates whose per-fact values are all 0 or 1,
+a seeded BCa bootstrap otherwise: :func:`lens_memory.metrics.mean_ci`) and the number of facts behind
 them.
 
 **Cost** (:mod:`.cost`: :func:`measure_cost`, :func:`artifact_nbytes`) -- what the artifact costs at

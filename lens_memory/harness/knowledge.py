@@ -29,7 +29,8 @@ Two ways of pairing artifacts with facts:
 * otherwise all artifacts are applied together, in order (MEMIT's batch edit, or sequential edits).
 
 It only calls ``artifact.apply(lm)``, so it does not know which mechanism it measures. Means over facts
-(each fact's value is the mean over its prompts, as ROME's ``summarize.py``) come with normal-approximation
+(each fact's value is the mean over its prompts, as ROME's ``summarize.py``) come with Wilson (0/1 values) or
+BCa-bootstrap (other values; :func:`lens_memory.metrics.mean_ci`)
 95% intervals and the number of facts behind them.
 """
 
