@@ -298,8 +298,9 @@ class HaseRegression:
         f_p, perm_p = self.stats.get("f_test_p", np.nan), self.stats.get("permutation_p", np.nan)
         if f_p < ALPHA and perm_p < ALPHA:
             return "adds"
-        hi = max(self.ci95.get(k, [np.nan, np.nan])[1] for k in ("r2_diff", "r2_diff_debiased"))
-        return "adds_little" if hi < SMALL else "cannot_tell"
+        highs = [self.ci95.get(k, [np.nan, np.nan])[1] for k in ("r2_diff", "r2_diff_debiased")]
+        # an interval that could not be computed (a saturated model: no residual degrees of freedom) decides nothing
+        return "adds_little" if all(np.isfinite(h) and h < SMALL for h in highs) else "cannot_tell"
 
     def conclusion(self) -> str:
         """The decision in words, with the numbers behind it."""

@@ -77,6 +77,13 @@ def test_decision_says_adds_at_most_at_its_nominal_rate_under_a_null(n_facts, n_
     assert decisions.count("adds") <= 12, decisions.count("adds")
 
 
+def test_a_saturated_design_decides_nothing():
+    """2 facts x 3 layers: the layer x tracing model has as many parameters as points (notebook 09's CI size)."""
+    reg = hase_regression(np.array([[0.9, 0.5, 0.2], [0.8, 0.7, 0.1]]), np.array([[0.1, 0.3, 0.0], [0.2, 0.0, 0.05]]),
+                          n_boot=50, n_perm=50)
+    assert math.isnan(reg.stats["f_test_p"]) and reg.decision() == "cannot_tell"
+
+
 def test_without_the_permutation_check_the_rule_never_says_adds():
     success, effect = _planted(slope=0.3, n_facts=8)
     reg = hase_regression(success, effect, n_boot=0, n_perm=0)
