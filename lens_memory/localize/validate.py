@@ -260,13 +260,13 @@ def validate_estimate(exact: Any, estimate: Any, *, magnitude: Any = None, compa
 
 
 def atp_star_ablation(lm: Any, exact: Any, *, magnitude: Any = None, arms: dict[str, tuple[str, ...]] | None = None,
-                      metric: Any = None, **kw: Any) -> dict[str, "AtPValidation"]:
+                      metric: Any = None, checkpoint_dir: Any = None, **kw: Any) -> dict[str, "AtPValidation"]:
     """AtP* per fix: ``exact``'s facts traced with each arm's ``atp_fixes`` (default :data:`ATP_STAR_ARMS`: the QK
     fix alone, GradDrop alone, both) under ``exact``'s config and noise, each validated like for like.
 
     The ``E|exact|`` trace the GradDrop arms need is computed once (or pass ``magnitude``). ``metric``: only for
-    an ``exact`` scored by a callable that :data:`~lens_memory.trace.METRICS` does not name; ``kw`` goes to
-    :func:`validate_estimate`.
+    an ``exact`` scored by a callable that :data:`~lens_memory.trace.METRICS` does not name; ``checkpoint_dir``: each
+    arm's trace checkpoints there (:func:`~lens_memory.trace.trace_facts`); ``kw`` goes to :func:`validate_estimate`.
     """
     from ..trace import TraceConfig, trace_facts
 
@@ -277,7 +277,7 @@ def atp_star_ablation(lm: Any, exact: Any, *, magnitude: Any = None, arms: dict[
     out = {}
     for name, fixes in (arms or ATP_STAR_ARMS).items():
         est = trace_facts(lm, facts, dataclasses.replace(cfg, atp_fixes=tuple(fixes)), only_known=False,
-                          progress=False, metric=metric)
+                          progress=False, metric=metric, checkpoint_dir=checkpoint_dir)
         if estimand(est) == "magnitude" and magnitude is None:
             magnitude = exact_magnitude_trace(lm, exact, metric=metric)
         out[name] = validate_estimate(exact, est, magnitude=magnitude, **kw)
