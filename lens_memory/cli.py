@@ -63,7 +63,10 @@ def _cmd_localize(args) -> dict:
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad:
         raise ValueError(f"--estimators {args.estimators!r}: unknown {bad}; choose from {list(ESTIMATORS)}")
-    cfg = TraceConfig(kinds=("hidden", "mlp", "attn"), n_samples=args.samples, window=args.window)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not args.no_sweep and "mlp" not in kinds:
+        raise ValueError(f"--kinds {args.kinds!r}: the Hase et al. regression needs the mlp kind (or pass --no-sweep)")
+    cfg = TraceConfig(kinds=kinds, n_samples=args.samples, window=args.window)
     layers = tuple(int(x) for x in args.sweep_layers.split(",")) if args.sweep_layers else None
     sweep = SweepConfig(layers=layers, method=args.sweep_method)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)

@@ -63,6 +63,9 @@ def _add_localize(sub: Any) -> None:
     _facts_args(lo)
     lo.add_argument("--split", default="test", choices=["test", "dev", "all"], help="built-in split of the facts")
     lo.add_argument("--samples", type=_positive_int, default=10, help="noise samples per corrupted run")
+    lo.add_argument("--kinds", default="hidden,mlp,attn",
+                    help="comma list of traced kinds (the Hase et al. regression needs mlp only; the estimators are "
+                         "validated on every kind traced)")
     lo.add_argument("--window", default="scaled", help="MLP / attention restoration window (as `trace`)")
     lo.add_argument("--estimators", default="atp,atp*", help="comma list of atp, atp* validated against exact tracing")
     lo.add_argument("--sweep-method", default="rome", choices=["rome", "memit"],

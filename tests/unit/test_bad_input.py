@@ -286,6 +286,12 @@ ROWS: list[Row] = [
         None, None, small=2), LensMemoryError, "small=2"),
     Row("cli localize --estimators atp2", lambda lm, t: _cli("localize", "--model", "tiny", "--out", str(t / "o"),
                                                               "--estimators", "atp2", "--no-sweep"), SystemExit, "2"),
+    Row("cli localize --kinds without mlp", lambda lm, t: _cli("localize", "--model", "tiny", "--out", str(t / "o"),
+                                                                "--kinds", "hidden"), SystemExit, "2"),
+    Row("rome key_mode rrome_prefix (renamed)", lambda lm, t: __import__("lens_memory.edit", fromlist=["RomeConfig"])
+        .RomeConfig(key_mode="rrome_prefix"), LensMemoryError, "now called 'rrome'"),
+    Row("hase n_perm=-1", lambda lm, t: __import__("lens_memory.localize", fromlist=["x"]).hase_regression(
+        [[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [0.0, 1.0]], n_perm=-1), LensMemoryError, "n_perm"),
     Row("cli r-ROME on two layers", lambda lm, t: _cli("edit", "--model", "tiny", "--out", str(t / "o"), "--method",
                                                         "rrome", "--layers", "1,2", "--sequential"), SystemExit, "2"),
 ]
