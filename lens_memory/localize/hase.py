@@ -160,15 +160,7 @@ def r2_diff_interval(test: dict[str, float], r2_full: float) -> list[float]:
 def _gain(success: np.ndarray, effect: np.ndarray) -> float:
     """``R2_diff`` of one ``[fact, layer]`` grid: (SS_res(layer) - SS_res(layer x tracing)) / SS_tot."""
     y = np.asarray(success, float).reshape(-1)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    if ss_tot == 0:
-        return float("nan")
-
-    def ss_res(X: np.ndarray) -> float:
-        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-        return float(np.sum((y - X @ beta) ** 2))
-
-    return (ss_res(_grid("layer", effect)) - ss_res(_grid("layer*tracing", effect))) / ss_tot
+    return _ols(y, _grid("layer*tracing", effect))[0] - _ols(y, _grid("layer", effect))[0]
 
 
 def _null_gains(success: np.ndarray, effect: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
