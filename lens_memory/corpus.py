@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from .corpus_offline import _offline_texts_cached
 from .corpus_tokens import token_blocks
 from .errors import LensMemoryError
@@ -168,12 +170,39 @@ _SAMPLE_SEEDS = ("The", "In", "He", "She", "It", "A", "When", "After", "During",
                  "According to", "Born in", "Located in")
 
 
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        log.warning("ignoring unreadable sample cache %s (%s)", path, exc)
+        return None
+
+
+def _sample_resume(partial: Path, state_key: str, batch_size: int) -> tuple[list[str], torch.Tensor] | None:
+    """The continuations and generator state a killed :func:`model_samples` run left behind, if any."""
+    import base64
+
+    d = _read_json(partial)
+    if not d or d.get("state_key") != state_key or d.get("batch_size") != batch_size or "rng" not in d:
+        return None
+    rng = torch.frombuffer(bytearray(base64.b64decode(d["rng"])), dtype=torch.uint8).clone()
+    log.info("resuming the model sample from %d texts (%s)", len(d["continuations"]), partial)
+    return list(d["continuations"]), rng
+
+
 def model_samples(lm: Any, n_tokens: int = 16384, *, seed: int = 0, tokens_per_text: int = 128, top_k: int = 40,
                   batch_size: int = 32, cache_dir: str | os.PathLike | None = None) -> Corpus:
     """A corpus of about ``n_tokens`` tokens sampled (top-k) from ``lm`` after generic seed words, cached on disk.
 
     The cache key is the model, its weight state, ``n_tokens``, ``seed``, ``tokens_per_text`` and ``top_k``.
+    A long sample checkpoints after every batch (``*.partial.json`` next to the cache file, with the
+    generator state) and a rerun resumes it: the texts equal an uninterrupted run's, bit for bit.
     """
+    import base64
     import json
 
     from .embedded import cache_root
@@ -184,22 +213,26 @@ def model_samples(lm: Any, n_tokens: int = 16384, *, seed: int = 0, tokens_per_t
         raise LensMemoryError(f"model_samples needs n_tokens >= {tokens_per_text}, got {n_tokens!r}")
     path = (cache_root(cache_dir) / "corpus" / lm.name.replace("/", "--") / lm.state_key()[:16]
             / f"samples_t{n_tokens}_s{seed}_l{tokens_per_text}_k{top_k}.json")
-    texts = None
-    if path.exists():
-        try:
-            texts = json.loads(path.read_text())["texts"]
-        except (ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable sample cache %s (%s)", path, exc)
+    partial = path.with_name(path.stem + ".partial.json")
+    d = _read_json(path)
+    texts = d.get("texts") if isinstance(d, dict) else None
     if texts is None:
         n_texts = -(-n_tokens // tokens_per_text)
         prompts = [_SAMPLE_SEEDS[i % len(_SAMPLE_SEEDS)] for i in range(n_texts)]
         log.info("sampling %d texts of %d tokens from %s (cached afterwards in %s)", n_texts, tokens_per_text,
                  lm.name, path)
-        gen = generate(lm, prompts, max_new_tokens=tokens_per_text, top_k=top_k, seed=seed, batch_size=batch_size)
+
+        def checkpoint(done: list[str], rng: torch.Tensor) -> None:
+            with atomic_path(partial) as tmp:
+                tmp.write_text(json.dumps({"state_key": lm.state_key(), "batch_size": batch_size, "continuations": done,
+                                           "rng": base64.b64encode(rng.numpy().tobytes()).decode()}))
+
+        gen = generate(lm, prompts, max_new_tokens=tokens_per_text, top_k=top_k, seed=seed, batch_size=batch_size,
+                       resume=_sample_resume(partial, lm.state_key(), batch_size), on_batch=checkpoint)
         texts = [p + g for p, g in zip(prompts, gen)]
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"model": lm.name, "state_key": lm.state_key(), "texts": texts}))
+        partial.unlink(missing_ok=True)
     c = _make(f"samples:{n_tokens}", texts, f"text sampled from {lm.name} (top-{top_k}, seed {seed})", None)
     return c
 

@@ -9,7 +9,7 @@ TransformerLens bridge wraps, so hooks and applied edits act during generation.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -37,8 +37,14 @@ def left_pad(lm: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def generate(lm: Any, prompts: Sequence[str], *, max_new_tokens: int = 50, top_k: int | None = 5, seed: int = 0,
-             batch_size: int = 8) -> list[str]:
-    """Continuations (prompt excluded) of each prompt, ``max_new_tokens`` tokens long."""
+             batch_size: int = 8, resume: tuple[Sequence[str], torch.Tensor] | None = None,
+             on_batch: Callable[[list[str], torch.Tensor], None] | None = None) -> list[str]:
+    """Continuations (prompt excluded) of each prompt, ``max_new_tokens`` tokens long.
+
+    ``on_batch(done, rng_state)`` is called after every batch with the continuations so far and the
+    generator state; passing them back as ``resume=(done, rng_state)`` continues the run where it stopped
+    and gives the same continuations, bit for bit, as an uninterrupted run (long samples checkpoint this way).
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
     tok = lm.tokenizer
@@ -46,7 +52,13 @@ def generate(lm: Any, prompts: Sequence[str], *, max_new_tokens: int = 50, top_k
     out: list[str] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for b in range(0, len(prompts), batch_size):
+        if resume is not None:
+            out = list(resume[0])
+            if len(out) % batch_size or len(out) > len(prompts):
+                raise ValueError(f"resume holds {len(out)} continuations: not a whole number of batches of "
+                                 f"{batch_size} within {len(prompts)} prompts")
+            torch.set_rng_state(resume[1])
+        for b in range(len(out), len(prompts), batch_size):
             ids, mask = left_pad(lm, prompts[b:b + batch_size])
             width = ids.shape[1]
             if width + max_new_tokens > lm.n_ctx:
@@ -58,4 +70,6 @@ def generate(lm: Any, prompts: Sequence[str], *, max_new_tokens: int = 50, top_k
                 kwargs.update(top_k=top_k, top_p=1.0, temperature=1.0)
             gen = lm.hf.generate(ids.to(lm.device), attention_mask=mask.to(lm.device), **kwargs)
             out.extend(tok.decode(g[width:], skip_special_tokens=True) for g in gen)
+            if on_batch is not None:
+                on_batch(out, torch.get_rng_state())
     return out

@@ -126,3 +126,33 @@ def test_token_blocks_validates_arguments(tiny):
                           ({"n_tokens": 10, "batch_size": 0}, "batch_size.*0")]:
         with pytest.raises(LensMemoryError, match=named):
             next(token_blocks(tiny, corpus, **kwargs))
+
+
+def test_model_sample_killed_mid_run_resumes_to_the_uninterrupted_texts(tiny, tmp_path, monkeypatch):
+    """A long self-sample checkpoints per batch; a run killed after two batches resumes bit-identically."""
+    import lens_memory.generation as generation
+    from lens_memory.corpus import model_samples
+
+    kw = dict(n_tokens=8 * 6, tokens_per_text=6, top_k=5, batch_size=2)
+    whole = model_samples(tiny, cache_dir=tmp_path / "a", **kw)
+
+    real = generation.generate
+
+    def killed(*args, on_batch=None, **kwargs):
+        def hook(done, rng):
+            on_batch(done, rng)
+            if len(done) == 4:
+                raise KeyboardInterrupt
+        return real(*args, on_batch=hook, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        model_samples(tiny, cache_dir=tmp_path / "b", **kw)
+    assert list((tmp_path / "b").rglob("*.partial.json"))
+    monkeypatch.setattr(generation, "generate", real)
+    calls = []
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(len(k["resume"][0])) or real(*a, **k))
+    resumed = model_samples(tiny, cache_dir=tmp_path / "b", **kw)
+    assert calls == [4]
+    assert resumed.texts == whole.texts and resumed.sha256 == whole.sha256
+    assert not list((tmp_path / "b").rglob("*.partial.json"))
