@@ -14,7 +14,9 @@ trace          fast causal-tracing engine vs the reference engine, every cell of
 atp            attribution patching vs exact tracing (window 1, log-prob): largest error  <= 0.1,
                relative to the largest effect at noise 0.01 sigma_emb, at most half its   first order,
                value at 0.1 sigma_emb (first order; float32 floors it near 1-7%)
-               (first order); AtP*'s QK fix moves some hidden cell (pattern gradients)    QK active
+               (first order); AtP*'s QK fix moves some hidden cell (pattern gradients);   QK active,
+               GradDrop equals ``|AtP|`` at the last MLP (nothing later to drop; its own  <= 1e-5,
+               layer's term is 0) and differs before it (the dropped paths matter)        GD active
 knowledge      ``check_knowledge`` top-1 equals the HF forward's argmax (2 prompts), and  agree,
                the automatic noise scale (3 sigma of subject embeddings) is finite > 0    finite
 rome           ``W' k* + b - v*`` of a ROME edit (its update equation), then bit-exact    <= 1e-4,
@@ -67,7 +69,8 @@ def verdicts(m: dict[str, Any]) -> dict[str, bool]:
     return {
         "forward": m["forward_max_diff"] <= 1e-5,
         "trace": m["trace_max_diff"] <= 1e-5 and m["trace_fast_path"],
-        "atp": m["atp_rel_err"] <= 0.1 and m["atp_rel_err"] <= m["atp_rel_err_coarse"] / 2 and m["atp_qk_active"],
+        "atp": (m["atp_rel_err"] <= 0.1 and m["atp_rel_err"] <= m["atp_rel_err_coarse"] / 2 and m["atp_qk_active"]
+                and m["atp_graddrop_last_err"] <= 1e-5 and m["atp_graddrop_active"]),
         "knowledge": m["knowledge_agrees"] and math.isfinite(m["noise_scale"]) and m["noise_scale"] > 0,
         "rome": m["rome_equation_err"] <= 1e-4 and m["rome_restored"],
         "memit": memit_ok and m["memit_restored"],

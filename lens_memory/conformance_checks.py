@@ -87,7 +87,24 @@ def check_atp(lm: Any) -> dict[str, Any]:
         cfg = TraceConfig(kinds=("hidden",), n_samples=2, noise=1.0, window=1, engine=engine, atp_fixes=fixes)
         eff[engine] = atp_scores(lm, prepare_fact(lm, _fact(), cfg, 1.0), cfg, ("hidden",), lp)[0]["hidden"]
     return {"atp_rel_err": errs[1], "atp_rel_err_coarse": errs[0],
-            "atp_qk_active": bool((eff["atp"] - eff["atp*"]).abs().max() > 0)}
+            "atp_qk_active": bool((eff["atp"] - eff["atp*"]).abs().max() > 0), **_check_graddrop(lm)}
+
+
+def _check_graddrop(lm: Any) -> dict[str, Any]:
+    """AtP*'s GradDrop against its definition: the last layer's MLP node has no later layer to drop, and its own
+    layer's term is 0, so ``1/(L-1) sum_ell |I_ell|`` must equal ``|AtP|`` there; earlier nodes must move."""
+    from .trace import TraceConfig, prepare_fact
+    from .trace.atp import clean_activations, corrupted_gradients, node_estimates
+    from .trace.atp_star import graddrop
+    from .trace.metrics import answer_log_probability as lp
+
+    cfg = TraceConfig(kinds=("mlp",), n_samples=2, noise=1.0, window=1, engine="atp*", atp_fixes=("graddrop",))
+    prep = prepare_fact(lm, _fact(), cfg, 1.0)
+    clean, _ = clean_activations(lm, prep, ("mlp",))
+    plain = node_estimates(clean["mlp"], corrupted_gradients(lm, prep, ("mlp",), lp), "mlp").abs().cpu()
+    dropped = graddrop(lm, prep, clean, lp)["mlp"]
+    last = float((dropped[:, -1] - plain[:, -1]).abs().max() / plain[:, -1].abs().max().clamp_min(1e-12))
+    return {"atp_graddrop_last_err": last, "atp_graddrop_active": bool((dropped[:, :-1] - plain[:, :-1]).abs().max() > 0)}
 
 
 def check_knowledge_and_noise(lm: Any) -> dict[str, Any]:

@@ -12,11 +12,12 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "write_json",
     "write_bytes",
     "read_json",
+    "read_checkpoint",
     "save_tensors",
     "load_tensors",
     "sha256_file",
@@ -169,6 +171,23 @@ def read_json(path: str | Path) -> Any:
         from .errors import ArtifactMismatchError
 
         raise ArtifactMismatchError(f"{path} is not valid JSON ({exc})") from exc
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def read_checkpoint(path: str | Path, load: Callable[[Any], T | None], what: str) -> T | None:
+    """One item's checkpoint: ``load(json of path)``, or ``None`` when it is absent, ``load`` refuses it (another
+    item's) or it cannot be read -- then the item is computed again: a corrupt checkpoint never blocks a rerun."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return load(read_json(path))
+    except Exception as exc:
+        log.warning("ignoring unreadable %s checkpoint %s (%s); computing it again", what, path, exc)
+        return None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:

@@ -158,17 +158,10 @@ def _sweep_key(lm: Any, cfg: SweepConfig, mcfg: Any, layers: list[int], contexts
 
 def _load_row(path: Path, fact: Fact) -> dict[str, list[float]] | None:
     """A checkpointed fact row (``None``: absent, another fact's, or unreadable -- then the fact is swept again)."""
-    from ..io import read_json
+    from ..io import read_checkpoint
 
-    if not path.exists():
-        return None
-    try:
-        d = read_json(path)
-        if d["fact"] == fact.to_dict() and set(d["metrics"]) == set(SWEEP_METRICS):
-            return d["metrics"]
-    except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
-        log.warning("ignoring unreadable sweep checkpoint %s (%s); sweeping the fact again", path, exc)
-    return None
+    return read_checkpoint(path, lambda d: d["metrics"] if d["fact"] == fact.to_dict()
+                           and set(d["metrics"]) == set(SWEEP_METRICS) else None, "sweep")
 
 
 def edit_layer_sweep(lm: Any, facts: Sequence[Fact], config: SweepConfig | None = None, *, method_config: Any = None,

@@ -59,7 +59,7 @@ from typing import Any, Sequence
 
 from ..errors import NoKnownFactsError
 from ..facts import Fact, check_knowledge
-from ..io import load_tensors, read_json, save_tensors, write_json
+from ..io import load_tensors, read_checkpoint, save_tensors, write_json
 from .metrics import METRICS, Metric, answer_probability, metric_name, resolve_metric
 from .config import (KINDS, REFERENCE_LAYERS, REFERENCE_WINDOW, SEVERED_KINDS, TraceConfig, restore_hooks,
                      scaled_window, window_layers)
@@ -206,15 +206,10 @@ def _trace_all(lm: Any, facts: list[Fact], cfg: TraceConfig, scale: float, metri
 
 def _load_checkpoint(stem: Path, fact: Fact) -> FactTrace | None:
     """The checkpointed trace of ``fact`` at ``stem``, or ``None`` (absent, another fact, or corrupt)."""
-    if not (stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists()):
+    if not stem.with_suffix(".safetensors").exists():
         return None
-    try:
-        meta = read_json(stem.with_suffix(".json"))
-        if meta["fact"] == fact.to_dict():
-            return FactTrace.from_meta(meta, load_tensors(stem.with_suffix(".safetensors")), "")
-    except Exception as exc:  # a corrupt checkpoint is an unfinished fact, never a blocked rerun
-        log.warning("ignoring unreadable trace checkpoint %s (%s); tracing the fact again", stem, exc)
-    return None
+    return read_checkpoint(stem.with_suffix(".json"), lambda meta: FactTrace.from_meta(
+        meta, load_tensors(stem.with_suffix(".safetensors")), "") if meta["fact"] == fact.to_dict() else None, "trace")
 
 
 def _provenance(lm: Any, cfg: TraceConfig, requested: TraceConfig, scale: float, metric: Metric,

@@ -42,6 +42,7 @@ def test_family_conforms(arch):
     # the thresholds, spelled out (verdicts() is what the README table shows)
     assert m["forward_max_diff"] <= 1e-5 and m["trace_max_diff"] <= 1e-5 and m["trace_fast_path"]
     assert m["atp_rel_err"] <= 0.1 and m["atp_rel_err"] <= m["atp_rel_err_coarse"] / 2 and m["atp_qk_active"]
+    assert m["atp_graddrop_last_err"] <= 1e-5 and m["atp_graddrop_active"]
     assert m["memory_prefix_diff"] <= 1e-4 and m["rome_equation_err"] <= 1e-4
     assert m["lifelong_nullspace_err"] <= 1e-5 and m["lifelong_ordered"] and m["lifelong_restored"]
     if not m["memit_post_norm"]:

@@ -174,11 +174,12 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(tiny, tmp_path
     whole = edit_layer_sweep(tiny, FACTS, cfg, method_config=rc, progress=False, checkpoint_dir=tmp_path)
     (ckpt,) = tmp_path.iterdir()
     (ckpt / "fact00001.json").unlink()  # the run was killed before its second fact finished
+    (ckpt / "fact00000.json").write_text('{"fact": ')  # and a disk fault truncated the first one
     calls = []
     real = sweep_mod._sweep_fact
     monkeypatch.setattr(sweep_mod, "_sweep_fact", lambda lm, f, sh: calls.append(f.subject) or real(lm, f, sh))
     again = edit_layer_sweep(tiny, FACTS, cfg, method_config=rc, progress=False, checkpoint_dir=tmp_path)
-    assert calls == ["Colosseum"]  # only the unfinished fact is recomputed
+    assert calls == [FACTS[0].subject, "Colosseum"]  # only the unfinished and the unreadable facts are recomputed
     for m in whole.metrics:
         np.testing.assert_array_equal(again.metrics[m], whole.metrics[m])
 
