@@ -170,24 +170,15 @@ _SAMPLE_SEEDS = ("The", "In", "He", "She", "It", "A", "When", "After", "During",
                  "According to", "Born in", "Located in")
 
 
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        log.warning("ignoring unreadable sample cache %s (%s)", path, exc)
-        return None
-
-
 def _sample_resume(partial: Path, state_key: str, batch_size: int) -> tuple[list[str], torch.Tensor] | None:
     """The continuations and generator state a killed :func:`model_samples` run left behind, if any."""
     import base64
 
-    d = _read_json(partial)
-    if not d or d.get("state_key") != state_key or d.get("batch_size") != batch_size or "rng" not in d:
+    from .io import read_checkpoint
+
+    d = read_checkpoint(partial, lambda d: d if (d.get("state_key"), d.get("batch_size")) == (state_key, batch_size)
+                        and "rng" in d else None, "model sample")
+    if d is None:
         return None
     rng = torch.frombuffer(bytearray(base64.b64decode(d["rng"])), dtype=torch.uint8).clone()
     log.info("resuming the model sample from %d texts (%s)", len(d["continuations"]), partial)
@@ -207,15 +198,15 @@ def model_samples(lm: Any, n_tokens: int = 16384, *, seed: int = 0, tokens_per_t
 
     from .embedded import cache_root
     from .generation import generate
-    from .io import atomic_path
+    from .io import atomic_path, read_checkpoint
 
     if not isinstance(n_tokens, int) or n_tokens < tokens_per_text:
         raise LensMemoryError(f"model_samples needs n_tokens >= {tokens_per_text}, got {n_tokens!r}")
-    path = (cache_root(cache_dir) / "corpus" / lm.name.replace("/", "--") / lm.state_key()[:16]
+    state = lm.state_key()
+    path = (cache_root(cache_dir) / "corpus" / lm.name.replace("/", "--") / state[:16]
             / f"samples_t{n_tokens}_s{seed}_l{tokens_per_text}_k{top_k}.json")
     partial = path.with_name(path.stem + ".partial.json")
-    d = _read_json(path)
-    texts = d.get("texts") if isinstance(d, dict) else None
+    texts = read_checkpoint(path, lambda d: d["texts"], "model sample cache")
     if texts is None:
         n_texts = -(-n_tokens // tokens_per_text)
         prompts = [_SAMPLE_SEEDS[i % len(_SAMPLE_SEEDS)] for i in range(n_texts)]
@@ -224,14 +215,14 @@ def model_samples(lm: Any, n_tokens: int = 16384, *, seed: int = 0, tokens_per_t
 
         def checkpoint(done: list[str], rng: torch.Tensor) -> None:
             with atomic_path(partial) as tmp:
-                tmp.write_text(json.dumps({"state_key": lm.state_key(), "batch_size": batch_size, "continuations": done,
+                tmp.write_text(json.dumps({"state_key": state, "batch_size": batch_size, "continuations": done,
                                            "rng": base64.b64encode(rng.numpy().tobytes()).decode()}))
 
         gen = generate(lm, prompts, max_new_tokens=tokens_per_text, top_k=top_k, seed=seed, batch_size=batch_size,
-                       resume=_sample_resume(partial, lm.state_key(), batch_size), on_batch=checkpoint)
+                       resume=_sample_resume(partial, state, batch_size), on_batch=checkpoint)
         texts = [p + g for p, g in zip(prompts, gen)]
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"model": lm.name, "state_key": lm.state_key(), "texts": texts}))
+            tmp.write_text(json.dumps({"model": lm.name, "state_key": state, "texts": texts}))
         partial.unlink(missing_ok=True)
     c = _make(f"samples:{n_tokens}", texts, f"text sampled from {lm.name} (top-{top_k}, seed {seed})", None)
     return c
