@@ -15,8 +15,10 @@ their changed answers are retained edits, not leakage); ``neighborhood_dropped``
 p-ROME and r-ROME are Gupta et al.'s (2024) names: p-ROME uses the plain prompt's key in both places of ROME's
 update, r-ROME the prefix-averaged key in both places (:mod:`lens_memory.edit.rome`).
 
-Settings are each method's model defaults (layers, λ, clamp: chosen on dev facts earlier; AlphaEdit's
-threshold 2e-2 and l2 = 10 are the paper's), except that ROME and r-ROME use MEMIT's context templates
+Settings are each method's lifelong defaults (:func:`lens_memory.edit.sequence.sequence_config`: the model
+defaults -- layers, λ, clamp -- with the settings ``analyses/bench_lifelong_dev.py`` chose on 60 dev facts: ``C`` from
+100,000 self-sampled tokens for all five methods, AlphaEdit's window 3-7, threshold 2e-2 absolute and l2 = 10, MEMIT's
+window), except that ROME, p-ROME and r-ROME use MEMIT's context templates
 (5 generated prefixes of 10 tokens instead of ROME's 5 + 5 of 5 and 10 tokens), so all five methods see
 the same prompts and differ in the update only. Every method checkpoints after each batch under
 ``--work`` and a rerun resumes where it stopped, so the run can be split over several sittings.

@@ -116,6 +116,20 @@ def test_alphaedit_refuses_an_empty_null_space(tiny, stats):
 
 # -- sequences --------------------------------------------------------------------------------
 
+def test_lifelong_defaults_sit_between_the_model_defaults_and_the_callers_overrides(tiny, monkeypatch):
+    """A model's dev-chosen lifelong settings replace its single-edit defaults; explicit arguments replace both."""
+    from lens_memory.edit import sequence as seqmod
+    monkeypatch.setitem(seqmod.LIFELONG_DEFAULTS, tiny.name, {"memit": {"layers": (0, 1), "stats": STATS},
+                                                               "prome": {"clamp_norm_factor": 0.5}})
+    cfg = sequence_config(tiny, "memit")
+    assert cfg.layers == (0, 1) and cfg.stats == STATS and cfg.mom2_update_weight == MemitConfig().mom2_update_weight
+    assert sequence_config(tiny, "memit", layers=[1, 2]).layers == (1, 2)  # the caller's window wins
+    assert sequence_config(tiny, "memit", stats=StatsConfig(n_tokens=10)).stats.n_tokens == 10
+    assert sequence_config(tiny, "prome", layers=[1]).clamp_norm_factor == 0.5
+    assert sequence_config(tiny, "rome", layers=[1]).clamp_norm_factor != 0.5  # another method's entry is not read
+    assert sequence_config(tiny, "alphaedit").layers != (0, 1)
+
+
 @pytest.mark.parametrize("method", ["rome", "prome", "rrome", "memit", "alphaedit"])
 def test_sequence_applies_and_removes_bit_for_bit(tiny, stats, method):
     cfg = _ae_config(tiny, stats) if method == "alphaedit" else sequence_config(
