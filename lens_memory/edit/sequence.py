@@ -41,7 +41,7 @@ from .alphaedit import AlphaEditConfig, alphaedit_solver, alphaedit_state, batch
 from .artifact import Edit
 from .memit import MemitConfig, memit_layers, memit_solver, window_edit
 from .rome import ROME_METHODS, RomeConfig, default_layer, rome
-from .stats import StatsConfig, key_statistics
+from .stats import key_statistics
 from .targets import check_requests, context_templates
 from .weights import linear_weight
 
@@ -76,8 +76,8 @@ def _check_config(method: str, config: Any) -> None:
 #: and differ in the update only (not searched for ROME). MEMIT's window, searched on dev with that ``C``, stays
 #: the default 3-7 (S 0.9666 against 0.9499 at 2-6), so it needs no entry.
 LIFELONG_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "gemma-3-270m": {m: {"stats": StatsConfig(corpus="samples:100000", n_tokens=100_000)}
-                     for m in ("rome", "prome", "rrome", "memit")}}
+    name: {m: {"stats": d["stats"]} for m in ("rome", "prome", "rrome", "memit")}
+    for name, d in AlphaEditConfig.MODEL_DEFAULTS.items() if "stats" in d}
 
 
 def sequence_config(lm: Any, method: str, layers: Sequence[int] | None = None, **overrides: Any) -> Any:
